@@ -1,0 +1,5 @@
+"""``python -m kakehashi`` runs the same CLI as the ``kakehashi`` console script."""
+
+from kakehashi.cli import main
+
+main()
