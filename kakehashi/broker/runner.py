@@ -1,0 +1,456 @@
+"""Run Mosquitto as a supervised child process with the fleet's TLS and ACL policy.
+
+``prepare`` lays out the run directory (server certificate issued by the fleet PKI, trust bundle, CRL, ACL,
+generated ``mosquitto.conf``); ``sync_policy`` rewrites the CRL and ACL from the PKI; ``run_broker`` starts
+Mosquitto, waits until it listens, watches the PKI for revocations and new identities (reloading Mosquitto with
+SIGHUP, which re-reads the CRL and ACL without dropping connections), keeps the CRL fresh, and stops cleanly on
+SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import errno
+import getpass
+import grp
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import orjson
+from cryptography import x509
+
+from cloud_agent.pki.authority import CertificateAuthority
+from kakehashi import keys
+from kakehashi import log as khlog
+from kakehashi.broker.config import BrokerLayout, ListenerSettings, render_config, validate_listener
+from kakehashi.broker.policy import render_acl
+from kakehashi.errors import KakehashiError, MissingDependencyError
+from kakehashi.identity import Role
+
+log = khlog.get_logger(__name__)
+
+SERVER_NAME = "broker"
+SERVER_RENEW_BEFORE = dt.timedelta(days=30)
+PKI_POLL_SECONDS = 1.0
+CRL_CHECK_SECONDS = 600.0
+READY_TIMEOUT_SECONDS = 15.0
+STOP_TIMEOUT_SECONDS = 10.0
+MOSQUITTO_USER = "mosquitto"
+
+
+class BrokerError(KakehashiError):
+    """The broker could not be prepared, started or reloaded."""
+
+    reason = "broker"
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySummary:
+    """What the broker enforces after a sync: CRL number, revoked serials, identities with access."""
+
+    crl_number: int
+    revoked: int
+    identities: int
+    crl_next_update: str
+
+
+@dataclass(slots=True)
+class BrokerState:
+    """The run directory's ``broker.json``: how ``broker reload`` and tests find a running broker."""
+
+    runner_pid: int
+    mosquitto_pid: int
+    host: str
+    port: int
+    pki: str
+    started_at: float
+    reloads: int = 0
+
+    def write(self, path: Path) -> None:
+        keys.write_public_file(path, orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2))
+
+    @classmethod
+    def read(cls, path: Path) -> BrokerState:
+        try:
+            return cls(**orjson.loads(path.read_bytes()))
+        except FileNotFoundError:
+            raise BrokerError(
+                f"no broker state in {path.parent}: start the broker with `kakehashi broker run --dir {path.parent}`"
+            ) from None
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            raise BrokerError(f"{path} is damaged ({exc}): restart the broker to rewrite it") from None
+
+
+def find_mosquitto() -> str:
+    """Path of the mosquitto executable, or a one-line error saying how to install it."""
+    found = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
+    )
+    if found is None:
+        raise MissingDependencyError(
+            "mosquitto is not installed: run `sudo apt-get install mosquitto` (make demo / make test do it as root)"
+        )
+    return found
+
+
+def _can_traverse(user: str, directory: Path) -> bool:
+    """Whether ``user`` can reach ``directory``: every ancestor must be searchable by it."""
+    entry = pwd.getpwnam(user)
+    groups = {entry.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    for ancestor in [directory, *directory.parents]:
+        try:
+            st = ancestor.stat()
+        except FileNotFoundError:
+            continue
+        if st.st_uid == entry.pw_uid:
+            ok = bool(st.st_mode & stat.S_IXUSR)
+        elif st.st_gid in groups:
+            ok = bool(st.st_mode & stat.S_IXGRP)
+        else:
+            ok = bool(st.st_mode & stat.S_IXOTH)
+        if not ok:
+            return False
+    return True
+
+
+def _run_as_user(rundir: Path) -> str:
+    """The user Mosquitto runs as: started as root it drops to the ``mosquitto`` user when that user can reach
+    the run directory; otherwise it stays root (with a warning) rather than fail to open its files."""
+    if os.geteuid() != 0:
+        return getpass.getuser()
+    try:
+        pwd.getpwnam(MOSQUITTO_USER)
+    except KeyError:
+        return "root"
+    if not _can_traverse(MOSQUITTO_USER, rundir.parent):
+        log.warning(
+            "broker_runs_as_root",
+            reason=f"user {MOSQUITTO_USER} cannot reach {rundir}",
+            fix="put --dir under a directory the mosquitto user can enter, e.g. /var/lib/kakehashi/broker",
+        )
+        return "root"
+    return MOSQUITTO_USER
+
+
+def _hand_over(path: Path, user: str) -> None:
+    """Give a file or directory to the user Mosquitto runs as (only meaningful when we are root)."""
+    if os.geteuid() == 0 and user != "root":
+        entry = pwd.getpwnam(user)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def _server_hostnames(host: str) -> list[str]:
+    names = ["localhost", "127.0.0.1", "::1"]
+    if host not in names:
+        names.append(host)
+    return names
+
+
+def _server_certificate_usable(layout: BrokerLayout, ca: CertificateAuthority, hostnames: list[str]) -> bool:
+    """Whether the run directory's server certificate is from this PKI, covers the names, and is not near expiry."""
+    if not (layout.server_cert.exists() and layout.server_key.exists()):
+        return False
+    try:
+        cert = x509.load_pem_x509_certificate(layout.server_cert.read_bytes())
+        key = keys.load_private_key(layout.server_key)
+    except (ValueError, OSError, KakehashiError):
+        return False
+    if cert.issuer != ca.issuing_certificate.subject:
+        return False
+    if cert.public_key().public_numbers() != key.public_key().public_numbers():  # type: ignore[union-attr]
+        return False
+    if cert.not_valid_after_utc - dt.datetime.now(dt.UTC) < SERVER_RENEW_BEFORE:
+        return False
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    covered = {str(n) for n in san.get_values_for_type(x509.DNSName)}
+    covered |= {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    return all(name in covered or name.lower() in covered for name in hostnames)
+
+
+def _ensure_server_certificate(layout: BrokerLayout, ca: CertificateAuthority, host: str) -> None:
+    """Make the broker's own key in the run directory and have the PKI issue its TLS server certificate."""
+    hostnames = _server_hostnames(host)
+    if _server_certificate_usable(layout, ca, hostnames):
+        return
+    key = keys.generate_private_key()
+    csr = keys.make_csr(key, SERVER_NAME)
+    record = ca.issue_server(csr, SERVER_NAME, hostnames)
+    keys.write_secret_file(layout.server_key, keys.private_key_pem(key))
+    keys.write_public_file(layout.server_cert, Path(record.certificate_path).read_bytes())
+    log.info("broker_server_certificate_issued", serial=record.serial_hex, hostnames=hostnames)
+
+
+def sync_policy(ca: CertificateAuthority, layout: BrokerLayout, *, user: str | None = None) -> PolicySummary:
+    """Write the trust bundle, a fresh-enough CRL and the ACL from the PKI into the run directory."""
+    user = user or _run_as_user(layout.rundir)
+    ca.ensure_fresh_crl()
+    crl = ca.current_crl()
+    keys.write_public_file(layout.cafile, ca.trust_bundle_path.read_bytes())
+    keys.write_public_file(layout.crl, ca.crl_path.read_bytes())
+    active = [(record.role, record.identity) for record in ca.active_records() if record.kind == "client"]
+    keys.write_public_file(layout.acl, render_acl(active).encode())
+    for path in (layout.cafile, layout.crl, layout.acl):
+        _hand_over(path, user)
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    next_update = crl.next_update_utc
+    return PolicySummary(
+        crl_number=number,
+        revoked=len(list(crl)),
+        identities=sum(1 for role, _ in active if role in (Role.GATEWAY, Role.SERVICE)),
+        crl_next_update=next_update.isoformat() if next_update else "",
+    )
+
+
+def prepare(pki_dir: Path, rundir: Path, host: str, port: int) -> tuple[CertificateAuthority, BrokerLayout]:
+    """Create or refresh the run directory: server certificate, trust bundle, CRL, ACL and mosquitto.conf."""
+    validate_listener(host, port)
+    ca = CertificateAuthority.open(pki_dir.resolve())
+    layout = BrokerLayout(rundir.resolve())
+    user = _run_as_user(layout.rundir)
+    try:
+        layout.rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        layout.data.mkdir(exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise BrokerError(
+            f"cannot create the run directory {rundir}: {exc.strerror}; choose a writable --dir"
+        ) from None
+    _ensure_server_certificate(layout, ca, host)
+    sync_policy(ca, layout, user=user)
+    keys.write_public_file(layout.config, render_config(layout, ListenerSettings(host, port, user)).encode())
+    for path in (layout.rundir, layout.data, layout.server_key, layout.server_cert, layout.config):
+        _hand_over(path, user)
+    data_files = list(layout.data.iterdir())
+    for path in data_files:
+        _hand_over(path, user)
+    return ca, layout
+
+
+def _process_is_mosquitto(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "mosquitto"
+    except OSError:
+        return False
+
+
+def reload_broker(rundir: Path) -> PolicySummary:
+    """Re-read the PKI into a running broker's CRL and ACL and signal Mosquitto to reload them (``broker reload``)."""
+    layout = BrokerLayout(rundir.resolve())
+    state = BrokerState.read(layout.state)
+    if not _process_is_mosquitto(state.mosquitto_pid):
+        raise BrokerError(
+            f"no broker is running from {rundir} (pid {state.mosquitto_pid} is gone): "
+            f"start it with `kakehashi broker run --dir {rundir}`"
+        )
+    ca = CertificateAuthority.open(Path(state.pki))
+    summary = sync_policy(ca, layout)
+    os.kill(state.mosquitto_pid, signal.SIGHUP)
+    log.info("broker_reloaded", **asdict(summary))
+    return summary
+
+
+def _pki_fingerprint(ca: CertificateAuthority) -> tuple[int, ...]:
+    """Changes whenever the PKI issues, revokes or publishes a CRL."""
+    parts: list[int] = []
+    for path in (ca.path / "index.json", ca.crl_path):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            parts.extend((0, 0))
+        else:
+            parts.extend((st.st_mtime_ns, st.st_size))
+    return tuple(parts)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail early, with the fix, when another program already listens on the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise BrokerError(f"port {port} on {host} is already in use: choose another --port") from None
+            raise BrokerError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): choose another --host/--port"
+            ) from None
+
+
+def _port_error(port: int, host: str, tail: deque[str]) -> BrokerError | None:
+    if any("Address already in use" in line for line in tail):
+        return BrokerError(f"port {port} on {host} is already in use: choose another --port")
+    return None
+
+
+async def _wait_until_listening(
+    proc: asyncio.subprocess.Process, host: str, port: int, tail: deque[str], running: asyncio.Event
+) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            break
+        if not running.is_set():
+            await asyncio.sleep(0.02)
+            continue
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    await proc.wait()
+    await asyncio.sleep(0)
+    detail = " | ".join(tail) or "no output"
+    raise _port_error(port, host, tail) or BrokerError(
+        f"mosquitto did not start listening on {host}:{port} (its log: {detail})"
+    )
+
+
+async def _pump_output(stream: asyncio.StreamReader, tail: deque[str], logfile: Path, running: asyncio.Event) -> None:
+    """Copy Mosquitto's log lines to the run directory's log file and the structured log; set ``running`` when
+    Mosquitto says it has opened its listeners."""
+    with logfile.open("ab") as sink:
+        while line := await stream.readline():
+            sink.write(line)
+            sink.flush()
+            text = line.decode(errors="replace").rstrip()
+            tail.append(text)
+            if text.startswith("mosquitto version") and text.endswith(" running"):
+                running.set()
+            if "rror" in text or "arning" in text:
+                log.warning("mosquitto", line=text)
+            else:
+                log.debug("mosquitto", line=text)
+
+
+async def _watch_pki(
+    ca: CertificateAuthority,
+    layout: BrokerLayout,
+    mosquitto_pid: int,
+    reload_requested: asyncio.Event,
+    on_reload: Callable[[PolicySummary], None],
+) -> None:
+    """Reload Mosquitto whenever the PKI changes or a reload is requested; keep the CRL from going stale."""
+    fingerprint = _pki_fingerprint(ca)
+    last_crl_check = time.monotonic()
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reload_requested.wait(), PKI_POLL_SECONDS)
+        requested = reload_requested.is_set()
+        reload_requested.clear()
+        if time.monotonic() - last_crl_check > CRL_CHECK_SECONDS:
+            last_crl_check = time.monotonic()
+            if ca.ensure_fresh_crl():
+                log.info("crl_refreshed")
+        current = _pki_fingerprint(ca)
+        if not requested and current == fingerprint:
+            continue
+        fingerprint = current
+        try:
+            summary = sync_policy(ca, layout)
+        except KakehashiError as exc:
+            log.error("broker_reload_failed", reason=exc.message)
+            continue
+        os.kill(mosquitto_pid, signal.SIGHUP)
+        log.info("broker_reloaded", **asdict(summary))
+        on_reload(summary)
+
+
+async def run_broker(
+    pki_dir: Path,
+    rundir: Path,
+    host: str,
+    port: int,
+    *,
+    on_ready: Callable[[BrokerState, PolicySummary], None] | None = None,
+    on_reload: Callable[[PolicySummary], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run Mosquitto in the foreground until SIGTERM/SIGINT (or until ``stop`` is set, when embedded)."""
+    executable = find_mosquitto()
+    ca, layout = prepare(pki_dir, rundir, host, port)
+    _check_port_free(host, port)
+    summary = sync_policy(ca, layout)
+    proc = await asyncio.create_subprocess_exec(
+        executable,
+        "-c",
+        str(layout.config),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert proc.stderr is not None
+    tail: deque[str] = deque(maxlen=12)
+    reload_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled_signals: tuple[signal.Signals, ...] = ()
+    if stop is None:
+        stop = asyncio.Event()
+        handled_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
+    state = BrokerState(os.getpid(), proc.pid, host, port, str(ca.path), time.time())
+
+    def reloaded(summary: PolicySummary) -> None:
+        state.reloads += 1
+        state.write(layout.state)
+        if on_reload:
+            on_reload(summary)
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            running = asyncio.Event()
+            pump = tg.create_task(_pump_output(proc.stderr, tail, layout.log, running))
+            await _wait_until_listening(proc, host, port, tail, running)
+            state.write(layout.state)
+            log.info("broker_ready", host=host, port=port, pid=proc.pid, **asdict(summary))
+            if on_ready:
+                on_ready(state, summary)
+            watcher = tg.create_task(_watch_pki(ca, layout, proc.pid, reload_requested, reloaded))
+            stopped = tg.create_task(stop.wait())
+            exited = tg.create_task(proc.wait())
+            await asyncio.wait({stopped, exited}, return_when=asyncio.FIRST_COMPLETED)
+            watcher.cancel()
+            stopped.cancel()
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_SECONDS)
+                except TimeoutError:
+                    log.warning("mosquitto_kill", reason="did not stop within timeout")
+                    proc.kill()
+                    await proc.wait()
+                await pump
+                log.info("broker_stopped", returncode=proc.returncode)
+                return 0
+            await pump
+            raise _port_error(port, host, tail) or BrokerError(
+                f"mosquitto exited unexpectedly with status {proc.returncode} (its log: {' | '.join(tail)})"
+            )
+    finally:
+        for signum in handled_signals:
+            loop.remove_signal_handler(signum)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        with contextlib.suppress(FileNotFoundError):
+            layout.state.unlink()
+    return 0

@@ -1,0 +1,137 @@
+"""Test helpers for a fleet on this machine: identities made the way devices make them, and a real broker.
+
+Identities follow the production path: the key is generated on the "device" (here a temp directory), only the CSR
+goes to the PKI. The broker is started through the real ``kakehashi broker run`` command on an OS-chosen port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from cloud_agent.pki.authority import CertificateAuthority
+from kakehashi import keys
+from kakehashi.identity import Role
+from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
+
+KAKEHASHI = [sys.executable, "-m", "kakehashi"]
+
+
+def make_identity(
+    ca: CertificateAuthority,
+    role: Role,
+    identity: str,
+    directory: Path,
+    *,
+    not_before: dt.datetime | None = None,
+    not_after: dt.datetime | None = None,
+) -> TlsIdentity:
+    """Make a key "on the device" in ``directory``, have ``ca`` issue a certificate from its CSR, return the files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = keys.generate_private_key()
+    key_path = directory / f"{identity}.key"
+    keys.write_private_key(key_path, key)
+    record = ca.issue(keys.make_csr(key, identity), role, identity, not_before=not_before, not_after=not_after)
+    cert_path = directory / f"{identity}.crt"
+    cert_path.write_bytes(Path(record.certificate_path).read_bytes())
+    return TlsIdentity(ca_file=ca.trust_bundle_path, cert_file=cert_path, key_file=key_path)
+
+
+def free_port() -> int:
+    """A TCP port the OS says is free on loopback right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningBroker:
+    """A ``kakehashi broker run`` child process and how to reach it."""
+
+    process: subprocess.Popen[bytes]
+    endpoint: BrokerEndpoint
+    rundir: Path
+    pki_dir: Path
+    output: Path
+
+    def state(self) -> dict[str, object]:
+        return dict(orjson.loads((self.rundir / "broker.json").read_bytes()))
+
+    def reloads(self) -> int:
+        value = self.state()["reloads"]
+        assert isinstance(value, int)
+        return value
+
+    def reload(self) -> subprocess.CompletedProcess[str]:
+        """Run ``kakehashi broker reload`` and wait until the broker has applied it."""
+        result = subprocess.run(
+            [*KAKEHASHI, "broker", "reload", "--dir", str(self.rundir)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        time.sleep(0.3)  # Mosquitto applies SIGHUP on its next loop iteration.
+        return result
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def log_text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+
+def start_broker(pki_dir: Path, rundir: Path, *, attempts: int = 3, ready_timeout: float = 20.0) -> RunningBroker:
+    """Start ``kakehashi broker run`` on a free port and wait for its ready line."""
+    last_error = ""
+    for _ in range(attempts):
+        port = free_port()
+        output = rundir.parent / f"{rundir.name}-{port}.out"
+        with output.open("wb") as sink:
+            process = subprocess.Popen(
+                [
+                    *KAKEHASHI,
+                    "--log-level",
+                    "INFO",
+                    "broker",
+                    "run",
+                    "--pki",
+                    str(pki_dir),
+                    "--dir",
+                    str(rundir),
+                    "--port",
+                    str(port),
+                ],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline and process.poll() is None:
+            if b"broker ready on" in output.read_bytes():
+                return RunningBroker(process, BrokerEndpoint("127.0.0.1", port), rundir, pki_dir, output)
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        process.wait()
+        last_error = output.read_text(errors="replace")
+        if "already in use" not in last_error:
+            break
+    raise RuntimeError(f"broker did not start: {last_error}")
