@@ -333,10 +333,11 @@ async def _pump_output(stream: asyncio.StreamReader, tail: deque[str], logfile: 
             tail.append(text)
             if text.startswith("mosquitto version") and text.endswith(" running"):
                 running.set()
-            if "rror" in text or "arning" in text:
+            # Refused clients are expected traffic (info); Mosquitto's own failures start with "Error".
+            if text.startswith("Error"):
                 log.warning("mosquitto", line=text)
             else:
-                log.debug("mosquitto", line=text)
+                log.info("mosquitto", line=text)
 
 
 async def _watch_pki(
