@@ -17,16 +17,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiomqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from gateway.outbox import Outbox
 from gateway.outbox_store import StoredMessage
 from kakehashi import wire
 from kakehashi.backoff import Backoff
 from kakehashi.log import get_logger
-from kakehashi.mqtt import BrokerEndpoint, TlsIdentity, make_client
+from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
+from kakehashi.mqtt_link import LinkError, MqttLink, PublishRefusedError, Will
 
 log = get_logger(__name__)
 
@@ -39,7 +36,7 @@ SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps queued downlinks for a gate
 @dataclass
 class UplinkSettings:
     window: int = 64  # publishes in flight awaiting PUBACK
-    fetch: int = 256  # messages read from the outbox at a time
+    fetch: int = 64  # messages read from the outbox at a time (bounds memory during replay)
     heartbeat_s: float = 30.0
     keepalive_s: int = 30
     connect_timeout_s: float = 10.0
@@ -76,12 +73,6 @@ class UplinkStats:
         }
 
 
-def _publish_properties(channel: wire.Channel) -> Properties:
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    props.ContentType = wire.CONTENT_TYPES[channel]
-    return props
-
-
 class Uplink:
     """Owns the gateway's connection to the cloud broker."""
 
@@ -104,33 +95,38 @@ class Uplink:
         self._health = health
         self._on_downlink = on_downlink
         self._status_topic = wire.topic_for(gateway_id, wire.Channel.STATUS)
-        self._properties = {channel: _publish_properties(channel) for channel in wire.Channel if channel.is_uplink}
-        self._status_properties = _publish_properties(wire.Channel.STATUS)
+        self._status_type = wire.CONTENT_TYPES[wire.Channel.STATUS]
         self.stats = UplinkStats()
         self.connected = asyncio.Event()
 
     def _status(self, state: wire.StatusState, reason: wire.StatusReason, health: dict[str, Any] | None) -> bytes:
         return wire.encode_status(wire.StatusMessage(state=state, reason=reason, sent_at=time.time(), health=health))
 
-    def _client(self) -> aiomqtt.Client:
-        will = aiomqtt.Will(
+    def _link(self) -> MqttLink:
+        will = Will(
             self._status_topic,
             self._status(wire.StatusState.OFFLINE, wire.StatusReason.WILL, None),
             qos=1,
             retain=True,
-            properties=self._status_properties,
+            content_type=self._status_type,
         )
-        return make_client(
+        return MqttLink(
             self.endpoint,
             self.identity,
             client_id=self.gateway_id,
             will=will,
             clean_start=False,
             session_expiry_s=SESSION_EXPIRY_S,
-            timeout=self.settings.connect_timeout_s,
-            keepalive=self.settings.keepalive_s,
+            keepalive_s=self.settings.keepalive_s,
+            connect_timeout_s=self.settings.connect_timeout_s,
             max_inflight=max(self.settings.window, 16),
+            manual_ack=True,
         )
+
+    async def _publish_status(self, link: MqttLink, reason: wire.StatusReason) -> None:
+        state = wire.StatusState.OFFLINE if reason is wire.StatusReason.SHUTDOWN else wire.StatusState.ONLINE
+        payload = self._status(state, reason, await self._health())
+        await link.publish(self._status_topic, payload, qos=1, retain=True, content_type=self._status_type)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Stay connected and forward the outbox until ``stop`` is set."""
@@ -138,14 +134,14 @@ class Uplink:
         while not stop.is_set():
             error: str | None = None
             try:
-                async with self._client() as client:
+                async with self._link() as link:
                     backoff.reset()
-                    await self._session(client, stop)
-            except* aiomqtt.MqttError as group:
-                error = str(group.exceptions[0])
-            except* OSError as group:  # TLS or socket failure outside aiomqtt's wrapping
-                first = group.exceptions[0]
-                error = f"{type(first).__name__}: {first}"
+                    await self._session(link, stop)
+            except* LinkError as group:
+                error = group.exceptions[0].args[0]
+                refused = sum(isinstance(exc, PublishRefusedError) for exc in group.exceptions)
+                if refused:
+                    self.stats.errors["publish_refused"] = self.stats.errors.get("publish_refused", 0) + refused
             self._disconnected(error)
             if error is None:
                 continue
@@ -164,26 +160,19 @@ class Uplink:
                 self.stats.connect_failures += 1
             log.warning("uplink_disconnected" if was_connected else "uplink_connect_failed", reason=error)
 
-    async def _session(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+    async def _session(self, link: MqttLink, stop: asyncio.Event) -> None:
         self.stats.connects += 1
         self.stats.connected = True
         self.stats.connected_since = time.time()
         log.info("uplink_connected", broker=f"{self.endpoint.host}:{self.endpoint.port}")
-        for topic in wire.gateway_subscriptions(self.gateway_id):
-            await client.subscribe(topic, qos=1)
-        await client.publish(
-            self._status_topic,
-            self._status(wire.StatusState.ONLINE, wire.StatusReason.CONNECTED, await self._health()),
-            qos=1,
-            retain=True,
-            properties=self._status_properties,
-        )
+        await link.subscribe(wire.gateway_subscriptions(self.gateway_id), qos=1)
+        await self._publish_status(link, wire.StatusReason.CONNECTED)
         self.connected.set()
         session_over = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
-            sender = tg.create_task(self._send(client, session_over))
-            heartbeat = tg.create_task(self._heartbeat(client))
-            receiver = tg.create_task(self._receive(client))
+            sender = tg.create_task(self._send(link, session_over))
+            heartbeat = tg.create_task(self._heartbeat(link))
+            receiver = tg.create_task(self._receive(link))
             stopper = tg.create_task(stop.wait())
             await asyncio.wait({sender, receiver, stopper}, return_when=asyncio.FIRST_COMPLETED)
             session_over.set()
@@ -194,19 +183,13 @@ class Uplink:
                     await asyncio.wait_for(asyncio.shield(sender), self.settings.drain_on_stop_s)
                 sender.cancel()
                 receiver.cancel()
-                await client.publish(
-                    self._status_topic,
-                    self._status(wire.StatusState.OFFLINE, wire.StatusReason.SHUTDOWN, await self._health()),
-                    qos=1,
-                    retain=True,
-                    properties=self._status_properties,
-                )
+                await self._publish_status(link, wire.StatusReason.SHUTDOWN)
             else:
                 sender.cancel()
                 receiver.cancel()
         # A sender or receiver that failed has raised out of the task group; getting here means a clean end.
 
-    async def _send(self, client: aiomqtt.Client, session_over: asyncio.Event) -> None:
+    async def _send(self, link: MqttLink, session_over: asyncio.Event) -> None:
         """Publish stored messages in order, a window in flight; delete each after its PUBACK."""
         window = asyncio.Semaphore(self.settings.window)
         acked: list[int] = []
@@ -217,10 +200,21 @@ class Uplink:
         async def publish(message: StoredMessage) -> None:
             try:
                 topic = wire.topic_for(self.gateway_id, message.channel)
-                await client.publish(topic, message.payload, qos=wire.QOS, properties=self._properties[message.channel])
+                await link.publish(
+                    topic, message.payload, qos=wire.QOS, content_type=wire.CONTENT_TYPES[message.channel]
+                )
                 acked.append(message.seq)
                 self.stats.acked_messages += 1
-            except aiomqtt.MqttError as exc:
+            except PublishRefusedError as exc:
+                # Never delete what the broker refused: keep it, say why, and reconnect with backoff.
+                failure.append(
+                    PublishRefusedError(
+                        f"the broker refused message seq {message.seq} ({exc.message}): check that this gateway's "
+                        "certificate is active and the broker's ACL lists it (kakehashi broker reload)",
+                        exc.code,
+                    )
+                )
+            except LinkError as exc:
                 failure.append(exc)
             finally:
                 window.release()
@@ -267,31 +261,24 @@ class Uplink:
             with contextlib.suppress(BaseException):
                 await flush_acks()
 
-    async def _heartbeat(self, client: aiomqtt.Client) -> None:
+    async def _heartbeat(self, link: MqttLink) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
-            await client.publish(
-                self._status_topic,
-                self._status(wire.StatusState.ONLINE, wire.StatusReason.HEARTBEAT, await self._health()),
-                qos=1,
-                retain=True,
-                properties=self._status_properties,
-            )
+            await self._publish_status(link, wire.StatusReason.HEARTBEAT)
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
+    async def _receive(self, link: MqttLink) -> None:
+        async for message in link.receive():
             self.stats.downlinks += 1
             try:
-                gateway, channel = wire.parse_topic(str(message.topic))
+                gateway, channel = wire.parse_topic(message.topic)
                 if gateway != self.gateway_id or not channel.is_downlink:
                     raise wire.WireError(f"unexpected downlink topic {message.topic}", reason="bad_topic")
-                payload = message.payload
-                if not isinstance(payload, bytes | bytearray):
-                    raise wire.WireError("downlink payload is not bytes", reason="malformed_json")
-                await self._on_downlink(channel, bytes(payload))
+                await self._on_downlink(channel, message.payload)
             except wire.WireError as exc:
                 self.stats.downlink_errors += 1
-                log.warning("downlink_rejected", topic=str(message.topic), reason=exc.reason, detail=exc.message)
+                log.warning("downlink_rejected", topic=message.topic, reason=exc.reason, detail=exc.message)
             except Exception as exc:  # a handler bug must not take the connection down
                 self.stats.downlink_errors += 1
-                log.exception("downlink_handler_failed", topic=str(message.topic), error=repr(exc))
+                log.exception("downlink_handler_failed", topic=message.topic, error=repr(exc))
+            # Acknowledged only now: a downlink the gateway crashed on is redelivered when it reconnects.
+            link.ack(message)

@@ -6,7 +6,6 @@ goes to the PKI. The broker is started through the real ``kakehashi broker run``
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import os
@@ -20,10 +19,13 @@ from pathlib import Path
 
 import orjson
 
+from bench.collector import Collector
 from cloud_agent.pki.authority import CertificateAuthority
 from kakehashi import keys
 from kakehashi.identity import Role
 from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
+
+__all__ = ["Collector", "RunningBroker", "free_port", "make_identity", "start_broker"]
 
 KAKEHASHI = [sys.executable, "-m", "kakehashi"]
 
@@ -139,59 +141,3 @@ def start_broker(
         if "already in use" not in last_error:
             break
     raise RuntimeError(f"broker did not start: {last_error}")
-
-
-class Collector:
-    """The cloud side of a test: a service identity subscribed to all uplinks with a persistent session, which
-    reconnects across broker restarts and deduplicates readings messages by (gateway, seq) like the agent will."""
-
-    def __init__(self, endpoint: BrokerEndpoint, identity: TlsIdentity, client_id: str = "collector") -> None:
-        self.endpoint = endpoint
-        self.identity = identity
-        self.client_id = client_id
-        self.first_arrivals: list[tuple[str, int]] = []
-        self.seen: set[tuple[str, int]] = set()
-        self.duplicates = 0
-        self.readings = 0
-        self.by_channel: dict[str, int] = {}
-        self.payloads: dict[tuple[str, int], bytes] = {}
-        self.statuses: list[bytes] = []
-        self.subscribed = asyncio.Event()
-
-    def seqs(self, gateway: str) -> list[int]:
-        return [seq for gw, seq in self.first_arrivals if gw == gateway]
-
-    async def run(self, stop: asyncio.Event) -> None:
-        from kakehashi import wire
-        from kakehashi.mqtt import make_client
-
-        while not stop.is_set():
-            try:
-                client = make_client(
-                    self.endpoint, self.identity, client_id=self.client_id, clean_start=False,
-                    session_expiry_s=3600, timeout=5.0,
-                )  # fmt: skip
-                async with client:
-                    for topic in wire.uplink_subscriptions(None):
-                        await client.subscribe(topic, qos=1)
-                    self.subscribed.set()
-                    async for message in client.messages:
-                        payload = bytes(message.payload)  # type: ignore[arg-type]
-                        gateway, channel = wire.parse_topic(str(message.topic))
-                        if channel is wire.Channel.STATUS:
-                            self.statuses.append(payload)
-                            continue
-                        seq = wire.decode_uplink(channel, payload).seq
-                        key = (gateway, seq)
-                        if key in self.seen:
-                            self.duplicates += 1
-                            continue
-                        self.seen.add(key)
-                        self.first_arrivals.append(key)
-                        self.payloads[key] = payload
-                        self.by_channel[channel.value] = self.by_channel.get(channel.value, 0) + 1
-                        if channel is wire.Channel.READINGS:
-                            self.readings += len(wire.decode_readings(payload).readings)
-            except Exception:  # broker restarting: try again shortly
-                self.subscribed.clear()
-                await asyncio.sleep(0.3)

@@ -36,7 +36,14 @@ class Pipeline:
 
 @contextlib.asynccontextmanager
 async def pipeline(
-    fleet: Fleet, broker: RunningBroker, tmp_path: Path, *, rate: float, limit: int, heartbeat_s: float = 30.0
+    fleet: Fleet,
+    broker: RunningBroker,
+    tmp_path: Path,
+    *,
+    rate: float,
+    limit: int,
+    heartbeat_s: float = 30.0,
+    gateway_id: str = GW,
 ) -> AsyncIterator[Pipeline]:
     outbox = await Outbox.open(tmp_path / "outbox.db", 64 * 1024 * 1024)
     intake = Intake(outbox, max_readings_per_message=100)
@@ -48,7 +55,7 @@ async def pipeline(
         return {"outbox": (await outbox.stats()).to_json()}
 
     settings = UplinkSettings(heartbeat_s=heartbeat_s, backoff_base_s=0.2, backoff_cap_s=1.0)
-    uplink = Uplink(GW, broker.endpoint, fleet.gw1, outbox, health=health_doc, on_downlink=ignore_downlink,
+    uplink = Uplink(gateway_id, broker.endpoint, fleet.gw1, outbox, health=health_doc, on_downlink=ignore_downlink,
                     settings=settings)  # fmt: skip
     collector = Collector(broker.endpoint, fleet.agent)
     stop_uplink, stop_collector = asyncio.Event(), asyncio.Event()
@@ -150,3 +157,15 @@ async def test_broker_down_30_seconds_while_the_source_runs_loses_nothing(
             assert first == sorted(first), "replayed in order"
         finally:
             restarted.stop()
+
+
+async def test_publishes_the_broker_refuses_stay_in_the_outbox(fleet: Fleet, broker: RunningBroker,
+                                                               tmp_path: Path) -> None:  # fmt: skip
+    # gw1's certificate, but configured with another gateway's id: the broker's ACL refuses every publish.
+    async with pipeline(fleet, broker, tmp_path, rate=5_000, limit=500, gateway_id="gw-test-0002") as p:
+        await wait_for(lambda: _true(p.uplink.stats.errors.get("publish_refused", 0) > 0), 10, "a refusal")
+        await asyncio.sleep(1.0)
+        stats = await p.outbox.stats()
+        assert stats.depth_readings == 500, "nothing the broker refused was deleted"
+        assert "refused" in (p.uplink.stats.last_error or "")
+        assert p.collector.readings == 0

@@ -1,0 +1,96 @@
+"""Shared benchmark plumbing: a throw-away fleet (PKI, identities, broker) and process measurements."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloud_agent.pki.authority import CertificateAuthority
+from kakehashi import keys
+from kakehashi.broker.runner import run_broker
+from kakehashi.identity import Role
+from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def enroll(ca: CertificateAuthority, role: Role, identity: str, directory: Path) -> TlsIdentity:
+    directory.mkdir(parents=True, exist_ok=True)
+    key = keys.generate_private_key()
+    keys.write_private_key(directory / "device.key", key)
+    record = ca.issue(keys.make_csr(key, identity), role, identity)
+    keys.write_public_file(directory / "device.crt", Path(record.certificate_path).read_bytes())
+    return TlsIdentity(ca.trust_bundle_path, directory / "device.crt", directory / "device.key")
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The high-water mark of a live process's resident memory (VmHWM), in MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+def pin(pid: int, cpu: int) -> bool:
+    """Pin a process to one CPU when the machine has more than one; returns whether it did."""
+    if (os.cpu_count() or 1) < 2:
+        return False
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(pid, {cpu})
+        return True
+    return False
+
+
+@dataclass
+class BenchBroker:
+    endpoint: BrokerEndpoint
+    stop: asyncio.Event
+    task: asyncio.Task[int]
+
+
+@dataclass
+class BenchFleet:
+    root: Path
+    ca: CertificateAuthority
+
+    def identity(self, role: Role, identity: str) -> TlsIdentity:
+        return enroll(self.ca, role, identity, self.root / "devices" / identity)
+
+    async def start_broker(self, port: int | None = None, name: str = "broker") -> BenchBroker:
+        port = port or free_port()
+        ready = asyncio.Event()
+        stop = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(
+            run_broker(self.ca.path, self.root / name, "127.0.0.1", port, stop=stop, on_ready=lambda *_: ready.set())
+        )
+        waiter = asyncio.get_running_loop().create_task(ready.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            waiter.cancel()
+            task.result()
+        return BenchBroker(BrokerEndpoint("127.0.0.1", port), stop, task)
+
+    @staticmethod
+    async def stop_broker(broker: BenchBroker) -> None:
+        broker.stop.set()
+        await broker.task
+
+
+@contextlib.asynccontextmanager
+async def bench_fleet() -> AsyncIterator[BenchFleet]:
+    with tempfile.TemporaryDirectory(prefix="kakehashi-bench-") as tmp:
+        root = Path(tmp)
+        yield BenchFleet(root, CertificateAuthority.init(root / "pki"))

@@ -1,0 +1,121 @@
+"""The gateway's configuration file (``gateway.toml``), validated at start with errors that name the key and the fix.
+
+Relative paths in the file are relative to the file's own directory. Each source plug-in owns its section's model;
+this module composes them.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.sources.ble import BleSourceConfig
+from gateway.sources.lpwa import LpwaSourceConfig
+from gateway.sources.modbus import ModbusSourceConfig
+from gateway.sources.synthetic import SyntheticSourceConfig
+from kakehashi.config_errors import config_error
+from kakehashi.errors import ConfigError
+from kakehashi.identity import validate_id
+from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
+
+HINTS = {
+    "gateway.id": "the gateway's id as enrolled, e.g. gw-kakogawa-0012",
+    "uplink.port": "the cloud broker's TLS port, usually 8883",
+    "uplink.ca_file": "the fleet trust bundle (chain.pem) from provisioning",
+    "outbox.budget_mb": "disk the outbox may use, e.g. 256",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GatewaySection(_Strict):
+    id: str = Field(description="this gateway's id, as in its certificate")
+    data_dir: Path = Field(default=Path("/var/lib/kakehashi/gateway"), description="outbox and state")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return validate_id(value)
+
+
+class UplinkSection(_Strict):
+    host: str
+    port: int = Field(default=8883, ge=1, le=65535)
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    heartbeat_s: float = Field(default=30.0, ge=1.0, le=3600.0)
+    keepalive_s: int = Field(default=30, ge=5, le=300)
+    window: int = Field(default=64, ge=1, le=1000, description="publishes awaiting PUBACK at once")
+
+    def endpoint(self) -> BrokerEndpoint:
+        return BrokerEndpoint(self.host, self.port)
+
+    def identity(self) -> TlsIdentity:
+        return TlsIdentity(self.ca_file, self.cert_file, self.key_file)
+
+
+class OutboxSection(_Strict):
+    budget_mb: float = Field(default=256.0, ge=0.1, le=1_000_000)
+    max_readings_per_message: int = Field(default=500, ge=1, le=5000)
+
+    @property
+    def budget_bytes(self) -> int:
+        return int(self.budget_mb * 1024 * 1024)
+
+
+class SourcesSection(_Strict):
+    modbus: ModbusSourceConfig | None = None
+    ble: BleSourceConfig | None = None
+    lpwa: list[LpwaSourceConfig] = Field(default_factory=list)
+    synthetic: list[SyntheticSourceConfig] = Field(default_factory=list)
+
+
+class GatewayConfig(_Strict):
+    gateway: GatewaySection
+    uplink: UplinkSection
+    outbox: OutboxSection = Field(default_factory=OutboxSection)
+    sources: SourcesSection = Field(default_factory=SourcesSection)
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.gateway.data_dir / "outbox.db"
+
+
+def _resolve(base: Path, doc: dict[str, Any]) -> None:
+    """Make the file's relative paths relative to its directory."""
+    for section, keys in (("gateway", ("data_dir",)), ("uplink", ("ca_file", "cert_file", "key_file"))):
+        part = doc.get(section)
+        if isinstance(part, dict):
+            for key in keys:
+                value = part.get(key)
+                if isinstance(value, str) and not Path(value).is_absolute():
+                    part[key] = str(base / value)
+
+
+def parse_config(doc: dict[str, Any], path: Path) -> GatewayConfig:
+    _resolve(path.parent, doc)
+    try:
+        return GatewayConfig.model_validate(doc)
+    except ValidationError as exc:
+        raise config_error(path, exc, HINTS) from None
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate ``gateway.toml``; raises :class:`ConfigError` with one clear line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"no config file at {path}: pass --config with the path of gateway.toml") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML ({exc}): fix the syntax at that line") from None
+    return parse_config(doc, path.resolve())

@@ -1,0 +1,207 @@
+"""``kakehashi gateway run``: the gateway service in one asyncio task group.
+
+Sources run under supervisors (a failing source fails alone), submit to the intake, which group-commits to the
+outbox; the uplink forwards the outbox to the cloud broker and hands downlinks to the twin (desired settings) and
+the command handler. SIGTERM/SIGINT stop it cleanly: sources stop first, everything already submitted is committed,
+in-flight publishes get a moment to be acknowledged, the retained status says offline, and the outbox is closed
+consistent. Nothing accepted is lost at any point, including kill -9, because acceptance means committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.config import GatewayConfig
+from gateway.health import base_health
+from gateway.intake import Intake
+from gateway.model import Priority
+from gateway.outbox import Outbox
+from gateway.outbox_store import PendingMessage
+from gateway.sources.base import Source, SourceHealth
+from gateway.supervisor import supervise
+from gateway.twin import Twin
+from gateway.uplink import Uplink, UplinkSettings
+from kakehashi import wire
+from kakehashi.log import get_logger
+
+log = get_logger(__name__)
+
+
+def build_sources(config: GatewayConfig) -> list[Source]:
+    """Instantiate the configured source plug-ins (imported only when configured)."""
+    sources: list[Source] = []
+    section = config.sources
+    if section.modbus is not None:
+        from gateway.sources.modbus import build_modbus_source
+
+        sources.extend(build_modbus_source(section.modbus))
+    if section.ble is not None:
+        from gateway.sources.ble import build_ble_source
+
+        sources.append(build_ble_source(section.ble))
+    for lpwa in section.lpwa:
+        from gateway.sources.lpwa import build_lpwa_source
+
+        sources.append(build_lpwa_source(lpwa))
+    for synthetic in section.synthetic:
+        from gateway.sources.synthetic import SyntheticSource
+
+        sources.append(SyntheticSource(synthetic))
+    names = [source.name for source in sources]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        from kakehashi.errors import ConfigError
+
+        raise ConfigError(f"two sources are both named {duplicates[0]!r}: give each source a distinct name")
+    return sources
+
+
+@dataclass
+class Gateway:
+    """A running gateway: its parts, for the CLI, the demo and tests to observe."""
+
+    config: GatewayConfig
+    outbox: Outbox
+    intake: Intake
+    uplink: Uplink
+    sources: list[Source]
+    health: dict[str, SourceHealth]
+    twin: Twin
+    started_at: float = field(default_factory=time.time)
+    commands_rejected: int = 0
+
+    async def health_document(self) -> dict[str, Any]:
+        stats = await self.outbox.stats()
+        return {
+            **base_health(self.started_at, self.config.gateway.data_dir),
+            "outbox": stats.to_json(),
+            "uplink": self.uplink.stats.to_json(),
+            "sources": {name: h.to_json() for name, h in self.health.items()},
+        }
+
+    async def on_downlink(self, channel: wire.Channel, payload: bytes) -> None:
+        if channel is wire.Channel.DESIRED:
+            await self.twin.handle(payload)
+        elif channel is wire.Channel.COMMANDS:
+            await self._reject_command(payload)
+        elif channel is wire.Channel.CRL:
+            crl = wire.decode_crl(payload)
+            path = self.config.gateway.data_dir / "fleet-crl.der"
+            path.write_bytes(crl)
+            log.info("crl_stored", path=str(path), bytes=len(crl))
+
+    async def _reject_command(self, payload: bytes) -> None:
+        """This release does not execute commands: acknowledge each one as rejected with the reason, so the cloud
+        never waits on it."""
+        command = wire.decode_command(payload)
+        self.commands_rejected += 1
+        ack = wire.CommandAck(
+            command_id=command.command_id,
+            status=wire.AckStatus.REJECTED,
+            at=time.time(),
+            reason="this gateway release does not execute commands",
+            result=None,
+        )
+
+        def encode(seq: int) -> bytes:
+            return wire.encode_acks(wire.AcksMessage(seq=seq, sent_at=time.time(), acks=(ack,)))
+
+        await self.outbox.append([PendingMessage(wire.Channel.ACKS, Priority.EVENT, 0, encode)])
+
+
+async def open_gateway(config: GatewayConfig) -> Gateway:
+    """Open the outbox and build every part, without starting anything."""
+    config.gateway.data_dir.mkdir(parents=True, exist_ok=True)
+    sources = build_sources(config)
+    outbox = await Outbox.open(config.outbox_path, config.outbox.budget_bytes)
+    intake = Intake(outbox, max_readings_per_message=config.outbox.max_readings_per_message)
+    health = {source.name: SourceHealth(source.name) for source in sources}
+    settings = UplinkSettings(
+        window=config.uplink.window, heartbeat_s=config.uplink.heartbeat_s, keepalive_s=config.uplink.keepalive_s
+    )
+    holder: dict[str, Gateway] = {}
+
+    async def provide_health() -> dict[str, Any]:
+        return await holder["gw"].health_document()
+
+    async def downlink(channel: wire.Channel, payload: bytes) -> None:
+        await holder["gw"].on_downlink(channel, payload)
+
+    uplink = Uplink(
+        config.gateway.id,
+        config.uplink.endpoint(),
+        config.uplink.identity(),
+        outbox,
+        health=provide_health,
+        on_downlink=downlink,
+        settings=settings,
+    )
+
+    def set_heartbeat(value: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value <= 3600:
+            return "rejected: heartbeat_s must be a number of seconds between 1 and 3600"
+        settings.heartbeat_s = float(value)
+        return "applied"
+
+    gateway_settings: dict[str, Callable[[Any], str]] = {"heartbeat_s": set_heartbeat}
+    twin = Twin(
+        config.gateway.data_dir / "twin.json",
+        outbox,
+        sources={source.name: source for source in sources},
+        gateway_settings=gateway_settings,
+        effective=lambda: {"heartbeat_s": settings.heartbeat_s},
+    )
+    gateway = Gateway(config, outbox, intake, uplink, sources, health, twin)
+    holder["gw"] = gateway
+    return gateway
+
+
+async def run_gateway(
+    config: GatewayConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    on_started: Callable[[Gateway], None] | None = None,
+) -> Gateway:
+    """Run until SIGTERM/SIGINT (or ``stop``); returns the gateway after a clean shutdown."""
+    gateway = await open_gateway(config)
+    loop = asyncio.get_running_loop()
+    own_signals = stop is None
+    stop = stop or asyncio.Event()
+    if own_signals:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+    uplink_stop = asyncio.Event()
+    log.info("gateway_starting", gateway=config.gateway.id, sources=[s.name for s in gateway.sources])
+    try:
+        async with asyncio.TaskGroup() as tg:
+            intake_task = tg.create_task(gateway.intake.run())
+            uplink_task = tg.create_task(gateway.uplink.run(uplink_stop))
+            source_tasks = [
+                tg.create_task(supervise(source, gateway.intake, gateway.health[source.name]))
+                for source in gateway.sources
+            ]
+            if on_started:
+                on_started(gateway)
+            await stop.wait()
+            log.info("gateway_stopping", gateway=config.gateway.id)
+            for task in source_tasks:
+                task.cancel()
+            await asyncio.gather(*source_tasks, return_exceptions=True)
+            await gateway.intake.drain()
+            intake_task.cancel()
+            uplink_stop.set()
+            await uplink_task
+    finally:
+        if own_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        with contextlib.suppress(Exception):
+            await gateway.outbox.close()
+    log.info("gateway_stopped", gateway=config.gateway.id)
+    return gateway

@@ -1,0 +1,41 @@
+"""``kakehashi bench <name>``: run a benchmark from ``bench/`` and print its result (table, or JSON on request)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import click
+
+from kakehashi import ui
+
+BENCHMARKS = {
+    "gateway": "readings/s through outbox and broker with PUBACK, RSS, replay after an outage, loss",
+}
+
+
+def _flatten(doc: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            rows.extend(_flatten(value, f"{prefix}{key}."))
+        else:
+            rows.append((f"{prefix}{key}", value))
+    return rows
+
+
+@click.command()
+@click.argument("name", type=click.Choice(sorted(BENCHMARKS)))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--quick", is_flag=True, help="A smaller run (for smoke tests); figures are less stable.")
+def bench(name: str, as_json: bool, quick: bool) -> None:
+    """Run benchmark NAME on this machine (loopback only, bounded, stops by itself)."""
+    module = importlib.import_module(f"bench.{name}")
+    kwargs: dict[str, Any] = {"progress": ui.progress}
+    if quick:
+        kwargs.update(getattr(module, "QUICK", {}))
+    result: dict[str, Any] = module.run(**kwargs)
+    if as_json:
+        ui.print_json(result)
+    else:
+        ui.print_kv(_flatten(result))
