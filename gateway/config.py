@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gateway.sources.ble import BleSourceConfig
 from gateway.sources.lpwa import LpwaSourceConfig
 from gateway.sources.modbus import ModbusSourceConfig
+from gateway.sources.nodes import NodesSourceConfig
 from gateway.sources.synthetic import SyntheticSourceConfig
 from kakehashi.config_errors import config_error
 from kakehashi.errors import ConfigError
@@ -73,6 +74,7 @@ class SourcesSection(_Strict):
     modbus: ModbusSourceConfig | None = None
     ble: BleSourceConfig | None = None
     lpwa: list[LpwaSourceConfig] = Field(default_factory=list)
+    nodes: NodesSourceConfig | None = None
     synthetic: list[SyntheticSourceConfig] = Field(default_factory=list)
 
 
@@ -89,8 +91,17 @@ class GatewayConfig(_Strict):
 
 def _resolve(base: Path, doc: dict[str, Any]) -> None:
     """Make the file's relative paths relative to its directory."""
-    for section, keys in (("gateway", ("data_dir",)), ("uplink", ("ca_file", "cert_file", "key_file"))):
-        part = doc.get(section)
+    sources = doc.get("sources")
+    nodes = sources.get("nodes") if isinstance(sources, dict) else None
+    sections = [
+        ("gateway", ("data_dir",), doc.get("gateway")),
+        ("uplink", ("ca_file", "cert_file", "key_file"), doc.get("uplink")),
+    ]
+    sections.append(("sources.nodes", ("ca_file", "cert_file", "key_file"), nodes))
+    lpwa = sources.get("lpwa") if isinstance(sources, dict) else None
+    for entry in lpwa if isinstance(lpwa, list) else []:
+        sections.append(("sources.lpwa", ("profile_dir",), entry))
+    for _section, keys, part in sections:
         if isinstance(part, dict):
             for key in keys:
                 value = part.get(key)

@@ -45,6 +45,7 @@ class IntakeStats:
     commits: int = 0
     messages: int = 0
     rejected_readings: int = 0
+    relay_duplicates: int = 0
     by_priority: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -69,6 +70,25 @@ class Intake:
         self._wake = asyncio.Event()
         self._closed = False
         self.stats = IntakeStats()
+
+    async def submit_once(self, origin: str, origin_seq: int, readings: Sequence[Reading]) -> bool:
+        """Commit a relayed message (an edge node's) at most once, bypassing group commit; returns True once it is
+        durably held, whether committed now or before (a duplicate), and False if the disk budget refused it (the
+        sender should keep it and retry later)."""
+        if self._closed:
+            raise IntakeClosedError("the gateway is shutting down: readings are no longer accepted")
+        message = readings_message(readings, time.time())
+        pending = PendingMessage(
+            message.channel, message.priority, message.readings, message.encode, (origin, origin_seq)
+        )
+        result = await self._outbox.append([pending])
+        if 0 in result.duplicates:
+            self.stats.relay_duplicates += 1
+            return True
+        if result.seqs[0] is None:
+            return False
+        self.stats.submitted_readings += len(readings)
+        return True
 
     async def submit(self, readings: Sequence[Reading]) -> None:
         """Commit ``readings`` durably; returns when they are accepted."""

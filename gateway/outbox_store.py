@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_priority ON outbox (priority, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS origins (origin TEXT PRIMARY KEY, last_seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS drops (
     from_seq INTEGER NOT NULL,
     to_seq INTEGER NOT NULL,
@@ -73,6 +74,9 @@ class PendingMessage:
     priority: Priority
     readings: int
     encode: Callable[[int], bytes]
+    # (origin, its own sequence number) for relayed messages (an edge node's): committed at most once. An origin's
+    # messages must be appended one at a time, in its order; anything at or below its high-water mark is a duplicate.
+    origin: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +93,7 @@ class AppendResult:
     """What an append did: the sequence numbers given (``None`` for a message refused at intake) and any evictions."""
 
     seqs: list[int | None] = field(default_factory=list)
+    duplicates: set[int] = field(default_factory=set)  # indexes of relayed messages already committed before
     evicted_messages: int = 0
     evicted_readings: int = 0
     intake_dropped_readings: int = 0
@@ -186,6 +191,12 @@ class OutboxStore:
             accepted = 0
             for index in order:
                 message = messages[index]
+                if message.origin is not None:
+                    origin, origin_seq = message.origin
+                    row = self._db.execute("SELECT last_seq FROM origins WHERE origin = ?", (origin,)).fetchone()
+                    if row is not None and origin_seq <= int(row[0]):
+                        result.duplicates.add(index)
+                        continue
                 payload = message.encode(next_seq)
                 size = len(payload)
                 if message.priority is Priority.TELEMETRY and bytes_used + size > self.budget_bytes:
@@ -202,6 +213,12 @@ class OutboxStore:
                     "INSERT INTO outbox (seq, channel, priority, readings, created, payload) VALUES (?, ?, ?, ?, ?, ?)",
                     (next_seq, message.channel.value, int(message.priority), message.readings, now, payload),
                 )
+                if message.origin is not None:
+                    self._db.execute(
+                        "INSERT INTO origins VALUES (?, ?) "
+                        "ON CONFLICT (origin) DO UPDATE SET last_seq = excluded.last_seq",
+                        message.origin,
+                    )
                 result.seqs[index] = next_seq
                 next_seq += 1
                 bytes_used += size

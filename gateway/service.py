@@ -49,6 +49,10 @@ def build_sources(config: GatewayConfig) -> list[Source]:
         from gateway.sources.lpwa import build_lpwa_source
 
         sources.append(build_lpwa_source(lpwa))
+    if section.nodes is not None:
+        from gateway.sources.nodes import build_nodes_source
+
+        sources.append(build_nodes_source(section.nodes, config.gateway.id, config.uplink.identity()))
     for synthetic in section.synthetic:
         from gateway.sources.synthetic import SyntheticSource
 

@@ -1296,3 +1296,72 @@ def decode_downlink(channel: Channel, payload: bytes) -> DownlinkMessage:
     if decoder is None:
         raise WireError(f"channel {channel!r} is not a downlink channel", reason="bad_topic")
     return decoder(payload)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Edge nodes ↔ their gateway, on the gateway's local broker (``kn/v1/<node>/...``)
+#
+# A node publishes readings envelopes (the same codec as gateway readings, with the node's own sequence number)
+# on ``up/readings`` or, for threshold crossings, ``up/alarms``. The gateway commits them to its outbox and only then
+# answers on ``down/ack`` with the node's sequence number, so a node keeps a reading in its ring buffer until the
+# gateway holds it durably. A node's sequence number must increase across reboots (boot counter in the high bits);
+# the gateway ignores, but acknowledges again, anything at or below the highest it has committed.
+
+NODE_TOPIC_ROOT: Final = "kn/v1"
+
+
+class NodeChannel(StrEnum):
+    """The topic levels below ``kn/v1/<node>/``."""
+
+    READINGS = "up/readings"
+    ALARMS = "up/alarms"
+    ACKS = "up/acks"
+    RELAY_ACK = "down/ack"
+    CONFIG = "down/config"
+    COMMANDS = "down/commands"
+
+    @property
+    def is_uplink(self) -> bool:
+        return self.value.startswith("up/")
+
+
+_NODE_CHANNELS: Final = {channel.value: channel for channel in NodeChannel}
+
+
+def node_topic_for(node_id: str, channel: NodeChannel) -> str:
+    """``kn/v1/<node>/<channel>``."""
+    _topic_id(node_id, "node id in topic")
+    return f"{NODE_TOPIC_ROOT}/{node_id}/{channel.value}"
+
+
+def parse_node_topic(topic: str) -> tuple[str, NodeChannel]:
+    """Split ``kn/v1/<node>/<channel>``; :class:`WireError` (``bad_topic`` / ``unknown_version``) otherwise."""
+    if not isinstance(topic, str) or len(topic) > _MAX_TOPIC:
+        raise WireError(f"node topic {topic!r} is not {NODE_TOPIC_ROOT}/<node>/<channel>", reason="bad_topic")
+    levels = topic.split("/", 3)
+    if len(levels) >= 2 and levels[0] == "kn" and levels[1] != "v1" and _VERSION_LEVEL.fullmatch(levels[1]):
+        raise WireError(f"node topic {topic!r} uses wire version {levels[1]}", reason="unknown_version")
+    if len(levels) != 4 or levels[0] != "kn" or levels[1] != "v1":
+        raise WireError(f"node topic {topic!r} is not {NODE_TOPIC_ROOT}/<node>/<channel>", reason="bad_topic")
+    channel = _NODE_CHANNELS.get(levels[3])
+    if channel is None:
+        raise WireError(f"node topic {topic!r} names no known node channel", reason="bad_topic")
+    return _topic_id(levels[2], f"node topic {topic!r}"), channel
+
+
+def node_relay_subscriptions() -> list[str]:
+    """What a gateway subscribes to on its local broker: every node's uplinks."""
+    return [f"{NODE_TOPIC_ROOT}/+/up/#"]
+
+
+_RELAY_ACK_FIELDS: Final = frozenset({"v", "seq"})
+
+
+def encode_relay_ack(seq: int) -> bytes:
+    """The gateway's answer to a node: its message ``seq`` is durably committed (or was already)."""
+    return _dump({"v": WIRE_VERSION, "seq": _int(seq, "relay ack: seq", 1)}, "relay ack")
+
+
+def decode_relay_ack(payload: bytes) -> int:
+    doc = _load(payload, "relay ack", _RELAY_ACK_FIELDS, MAX_DOC_BYTES)
+    return _int(_field(doc, "seq", "relay ack: "), "relay ack: seq", 1)

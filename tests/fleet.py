@@ -102,7 +102,13 @@ class RunningBroker:
 
 
 def start_broker(
-    pki_dir: Path, rundir: Path, *, port: int | None = None, attempts: int = 3, ready_timeout: float = 20.0
+    pki_dir: Path,
+    rundir: Path,
+    *,
+    port: int | None = None,
+    attempts: int = 3,
+    ready_timeout: float = 20.0,
+    extra: tuple[str, ...] = (),
 ) -> RunningBroker:
     """Start ``kakehashi broker run`` (on ``port``, or a free one) and wait for its ready line."""
     last_error = ""
@@ -124,6 +130,7 @@ def start_broker(
                     str(rundir),
                     "--port",
                     str(port),
+                    *extra,
                 ],
                 stdout=sink,
                 stderr=subprocess.STDOUT,

@@ -113,3 +113,26 @@ def test_config_is_tls_only_with_certificate_identity(tmp_path: Path) -> None:
 def test_listener_settings_are_checked(host: str, port: int, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         validate_listener(host, port)
+
+
+def test_local_profile_isolates_nodes_and_gives_only_the_owner_the_relay() -> None:
+    text = render_acl(
+        [(Role.NODE, "wl-0007"), (Role.GATEWAY, "gw-a"), (Role.GATEWAY, "gw-b"), (Role.SERVICE, "agent-1")],
+        profile="local",
+        owner="gw-a",
+    )
+    rules = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert rules == [
+        "user gw-a",
+        "topic read kn/v1/+/up/#",
+        "topic write kn/v1/+/down/#",
+        "user wl-0007",
+        "topic write kn/v1/wl-0007/up/#",
+        "topic read kn/v1/wl-0007/down/#",
+    ]
+
+
+@pytest.mark.parametrize(("profile", "owner"), [("cloud", None), ("local", None)])
+def test_bad_profiles_are_refused(profile: str, owner: str | None) -> None:
+    with pytest.raises(ValueError, match="profile|owning gateway"):
+        render_acl([], profile=profile, owner=owner)

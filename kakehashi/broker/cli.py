@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from kakehashi import ui
-from kakehashi.broker.runner import BrokerState, PolicySummary, reload_broker, run_broker
+from kakehashi.broker.policy import PROFILES
+from kakehashi.broker.runner import AccessProfile, BrokerState, PolicySummary, reload_broker, run_broker
 
 
 @click.group()
@@ -22,7 +23,15 @@ def broker() -> None:
 @click.option("--dir", "rundir", required=True, type=click.Path(path_type=Path), help="Run directory.")
 @click.option("--port", default=8883, show_default=True, type=int, help="TLS listener port.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
-def run(pki_dir: Path, rundir: Path, port: int, host: str) -> None:
+@click.option(
+    "--profile",
+    type=click.Choice(PROFILES),
+    default="fleet",
+    show_default=True,
+    help="fleet: the cloud broker; local: a gateway's broker for its edge nodes.",
+)
+@click.option("--gateway", "owner", default=None, help="With --profile local: the gateway that owns this broker.")
+def run(pki_dir: Path, rundir: Path, port: int, host: str, profile: str, owner: str | None) -> None:
     """Generate the Mosquitto config in RUNDIR and run it until SIGTERM/SIGINT.
 
     The listener is TLS only and requires a client certificate from the fleet PKI; the certificate CN is the
@@ -40,7 +49,8 @@ def run(pki_dir: Path, rundir: Path, port: int, host: str) -> None:
     def reloaded(summary: PolicySummary) -> None:
         click.echo(f"reloaded: CRL #{summary.crl_number} ({summary.revoked} revoked), {summary.identities} identities")
 
-    asyncio.run(run_broker(pki_dir, rundir, host, port, on_ready=ready, on_reload=reloaded))
+    access = AccessProfile(profile, owner)
+    asyncio.run(run_broker(pki_dir, rundir, host, port, on_ready=ready, on_reload=reloaded, profile=access))
     click.echo("broker stopped")
 
 

@@ -34,9 +34,8 @@ from cloud_agent.pki.authority import CertificateAuthority
 from kakehashi import keys
 from kakehashi import log as khlog
 from kakehashi.broker.config import BrokerLayout, ListenerSettings, render_config, validate_listener
-from kakehashi.broker.policy import render_acl
+from kakehashi.broker.policy import PROFILES, render_acl
 from kakehashi.errors import KakehashiError, MissingDependencyError
-from kakehashi.identity import Role
 
 log = khlog.get_logger(__name__)
 
@@ -76,6 +75,8 @@ class BrokerState:
     pki: str
     started_at: float
     reloads: int = 0
+    profile: str = "fleet"
+    owner: str | None = None
 
     def write(self, path: Path) -> None:
         keys.write_public_file(path, orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2))
@@ -191,15 +192,37 @@ def _ensure_server_certificate(layout: BrokerLayout, ca: CertificateAuthority, h
     log.info("broker_server_certificate_issued", serial=record.serial_hex, hostnames=hostnames)
 
 
-def sync_policy(ca: CertificateAuthority, layout: BrokerLayout, *, user: str | None = None) -> PolicySummary:
+@dataclass(frozen=True, slots=True)
+class AccessProfile:
+    """Which policy a broker enforces: the fleet's, or a gateway's local one for its nodes."""
+
+    name: str = "fleet"
+    owner: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in PROFILES:
+            raise BrokerError(f"unknown broker profile {self.name!r}: use one of {', '.join(PROFILES)}")
+        if self.name == "local" and self.owner is None:
+            raise BrokerError("a local broker serves one gateway's nodes: pass --gateway <gateway id>")
+
+
+def sync_policy(
+    ca: CertificateAuthority,
+    layout: BrokerLayout,
+    *,
+    user: str | None = None,
+    profile: AccessProfile | None = None,
+) -> PolicySummary:
     """Write the trust bundle, a fresh-enough CRL and the ACL from the PKI into the run directory."""
     user = user or _run_as_user(layout.rundir)
     ca.ensure_fresh_crl()
     crl = ca.current_crl()
     keys.write_public_file(layout.cafile, ca.trust_bundle_path.read_bytes())
     keys.write_public_file(layout.crl, ca.crl_path.read_bytes())
+    profile = profile or AccessProfile()
     active = [(record.role, record.identity) for record in ca.active_records() if record.kind == "client"]
-    keys.write_public_file(layout.acl, render_acl(active).encode())
+    acl = render_acl(active, profile=profile.name, owner=profile.owner)
+    keys.write_public_file(layout.acl, acl.encode())
     for path in (layout.cafile, layout.crl, layout.acl):
         _hand_over(path, user)
     number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
@@ -207,12 +230,14 @@ def sync_policy(ca: CertificateAuthority, layout: BrokerLayout, *, user: str | N
     return PolicySummary(
         crl_number=number,
         revoked=len(list(crl)),
-        identities=sum(1 for role, _ in active if role in (Role.GATEWAY, Role.SERVICE)),
+        identities=acl.count("\nuser "),
         crl_next_update=next_update.isoformat() if next_update else "",
     )
 
 
-def prepare(pki_dir: Path, rundir: Path, host: str, port: int) -> tuple[CertificateAuthority, BrokerLayout]:
+def prepare(
+    pki_dir: Path, rundir: Path, host: str, port: int, profile: AccessProfile | None = None
+) -> tuple[CertificateAuthority, BrokerLayout]:
     """Create or refresh the run directory: server certificate, trust bundle, CRL, ACL and mosquitto.conf."""
     validate_listener(host, port)
     ca = CertificateAuthority.open(pki_dir.resolve())
@@ -226,7 +251,7 @@ def prepare(pki_dir: Path, rundir: Path, host: str, port: int) -> tuple[Certific
             f"cannot create the run directory {rundir}: {exc.strerror}; choose a writable --dir"
         ) from None
     _ensure_server_certificate(layout, ca, host)
-    sync_policy(ca, layout, user=user)
+    sync_policy(ca, layout, user=user, profile=profile)
     keys.write_public_file(layout.config, render_config(layout, ListenerSettings(host, port, user)).encode())
     for path in (layout.rundir, layout.data, layout.server_key, layout.server_cert, layout.config):
         _hand_over(path, user)
@@ -253,7 +278,7 @@ def reload_broker(rundir: Path) -> PolicySummary:
             f"start it with `kakehashi broker run --dir {rundir}`"
         )
     ca = CertificateAuthority.open(Path(state.pki))
-    summary = sync_policy(ca, layout)
+    summary = sync_policy(ca, layout, profile=AccessProfile(state.profile, state.owner))
     os.kill(state.mosquitto_pid, signal.SIGHUP)
     log.info("broker_reloaded", **asdict(summary))
     return summary
@@ -346,6 +371,7 @@ async def _watch_pki(
     mosquitto_pid: int,
     reload_requested: asyncio.Event,
     on_reload: Callable[[PolicySummary], None],
+    profile: AccessProfile,
 ) -> None:
     """Reload Mosquitto whenever the PKI changes or a reload is requested; keep the CRL from going stale."""
     fingerprint = _pki_fingerprint(ca)
@@ -364,7 +390,7 @@ async def _watch_pki(
             continue
         fingerprint = current
         try:
-            summary = sync_policy(ca, layout)
+            summary = sync_policy(ca, layout, profile=profile)
         except KakehashiError as exc:
             log.error("broker_reload_failed", reason=exc.message)
             continue
@@ -382,12 +408,14 @@ async def run_broker(
     on_ready: Callable[[BrokerState, PolicySummary], None] | None = None,
     on_reload: Callable[[PolicySummary], None] | None = None,
     stop: asyncio.Event | None = None,
+    profile: AccessProfile | None = None,
 ) -> int:
     """Run Mosquitto in the foreground until SIGTERM/SIGINT (or until ``stop`` is set, when embedded)."""
     executable = find_mosquitto()
-    ca, layout = prepare(pki_dir, rundir, host, port)
+    profile = profile or AccessProfile()
+    ca, layout = prepare(pki_dir, rundir, host, port, profile)
     _check_port_free(host, port)
-    summary = sync_policy(ca, layout)
+    summary = sync_policy(ca, layout, profile=profile)
     proc = await asyncio.create_subprocess_exec(
         executable,
         "-c",
@@ -408,7 +436,9 @@ async def run_broker(
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
-    state = BrokerState(os.getpid(), proc.pid, host, port, str(ca.path), time.time())
+    state = BrokerState(
+        os.getpid(), proc.pid, host, port, str(ca.path), time.time(), profile=profile.name, owner=profile.owner
+    )
 
     def reloaded(summary: PolicySummary) -> None:
         state.reloads += 1
@@ -425,7 +455,7 @@ async def run_broker(
             log.info("broker_ready", host=host, port=port, pid=proc.pid, **asdict(summary))
             if on_ready:
                 on_ready(state, summary)
-            watcher = tg.create_task(_watch_pki(ca, layout, proc.pid, reload_requested, reloaded))
+            watcher = tg.create_task(_watch_pki(ca, layout, proc.pid, reload_requested, reloaded, profile))
             stopped = tg.create_task(stop.wait())
             exited = tg.create_task(proc.wait())
             await asyncio.wait({stopped, exited}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,0 +1,177 @@
+"""Edge nodes: MicroPython sensor nodes publish to the gateway's local Mosquitto; the gateway relays bound ones.
+
+The gateway's local broker (``kakehashi broker run --profile local --gateway <id>``) admits only certificates of the
+fleet CA and lets each node publish under ``kn/v1/<its id>/up/...`` only. This source subscribes to every node's
+uplinks with a persistent session and manual acknowledgement, and for each message:
+
+* drops (counts) nodes not bound to this gateway, malformed messages, and readings for any device but the node;
+* commits the readings to the outbox at most once, keyed by the node's own sequence number;
+* only then answers the node on ``kn/v1/<node>/down/ack`` and PUBACKs the message.
+
+So a reading leaves a node's ring buffer only when the gateway holds it durably, and a redelivery after a crash on
+either side is recognised and acknowledged again without being stored twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gateway.model import Priority, Reading
+from gateway.sources.base import ReadingSink, SourceHealth
+from kakehashi import wire
+from kakehashi.backoff import Backoff
+from kakehashi.errors import ConfigError
+from kakehashi.identity import validate_id
+from kakehashi.log import get_logger
+from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
+from kakehashi.mqtt_link import LinkError, MqttLink, Received
+
+log = get_logger(__name__)
+
+
+class BoundNode(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="the node's id, as in its certificate (e.g. wl-0007)")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return validate_id(value)
+
+
+class NodesSourceConfig(BaseModel):
+    """``[sources.nodes]``: the local broker and the nodes bound to this gateway."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "nodes"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8884, ge=1, le=65535, description="the local broker's TLS port")
+    ca_file: Path | None = Field(default=None, description="defaults to [uplink] ca_file")
+    cert_file: Path | None = Field(default=None, description="defaults to [uplink] cert_file")
+    key_file: Path | None = Field(default=None, description="defaults to [uplink] key_file")
+    nodes: list[BoundNode] = Field(default_factory=list)
+
+    @field_validator("nodes")
+    @classmethod
+    def _unique(cls, value: list[BoundNode]) -> list[BoundNode]:
+        ids = [node.id for node in value]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a node is bound twice: list each node id once")
+        return value
+
+
+class RelaySink(ReadingSink, Protocol):
+    async def submit_once(self, origin: str, origin_seq: int, readings: Sequence[Reading]) -> bool: ...
+
+
+class NodesSource:
+    """Relays bound edge nodes from the local broker into the outbox."""
+
+    def __init__(self, config: NodesSourceConfig, gateway_id: str, identity: TlsIdentity) -> None:
+        self.config = config
+        self.gateway_id = gateway_id
+        self.identity = identity
+        self.bound = frozenset(node.id for node in config.nodes)
+        self.relayed: Counter[str] = Counter()
+        self.last_seen: dict[str, float] = {}
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    async def run(self, sink: ReadingSink, health: SourceHealth) -> None:
+        if not hasattr(sink, "submit_once"):
+            raise ConfigError("the nodes source needs the gateway's intake (submit_once) as its sink")
+        relay: RelaySink = sink  # type: ignore[assignment]
+        backoff = Backoff(0.5, 30.0)
+        endpoint = BrokerEndpoint(self.config.host, self.config.port)
+        health.detail.update(bound=sorted(self.bound), relayed=self.relayed, last_seen=self.last_seen)
+        while True:
+            try:
+                link = MqttLink(
+                    endpoint,
+                    self.identity,
+                    client_id=f"{self.gateway_id}-nodes",
+                    clean_start=False,
+                    session_expiry_s=7 * 24 * 3600,
+                    manual_ack=True,
+                )
+                async with link:
+                    await link.subscribe(wire.node_relay_subscriptions(), qos=1)
+                    health.state = "ok"
+                    backoff.reset()
+                    async for message in link.receive():
+                        await self._handle(link, message, relay, health)
+            except LinkError as exc:
+                health.state = "degraded"
+                health.count_error("connection", f"local broker {endpoint.host}:{endpoint.port}: {exc.message}")
+                delay = backoff.next()
+                log.warning("nodes_link_down", reason=exc.message, retry_in_s=round(delay, 2))
+                await asyncio.sleep(delay)
+
+    async def _handle(self, link: MqttLink, message: Received, sink: RelaySink, health: SourceHealth) -> None:
+        try:
+            node, channel = wire.parse_node_topic(message.topic)
+        except wire.WireError as exc:
+            health.count_error("malformed", exc.message)
+            link.ack(message)
+            return
+        if node not in self.bound:
+            health.count_error("unbound_node", f"node {node} is not bound to {self.gateway_id}: message dropped")
+            link.ack(message)
+            return
+        if channel not in (wire.NodeChannel.READINGS, wire.NodeChannel.ALARMS):
+            health.count_error("unsupported", f"node {node} sent {channel.value}, which this gateway does not relay")
+            link.ack(message)
+            return
+        try:
+            decoded = wire.decode_readings(message.payload)
+        except wire.WireError as exc:
+            health.count_error("malformed", f"node {node}: {exc.message}")
+            log.warning("node_message_rejected", node=node, reason=exc.reason, detail=exc.message)
+            link.ack(message)
+            return
+        foreign = {r.device_id for r in decoded.readings} - {node}
+        if foreign:
+            health.count_error("spoofed", f"node {node} reported for {sorted(foreign)[0]}: message dropped")
+            log.warning("node_spoofed_device", node=node, devices=sorted(foreign))
+            link.ack(message)
+            return
+        priority = Priority.ALARM if channel is wire.NodeChannel.ALARMS else Priority.TELEMETRY
+        readings = [
+            Reading(r.device_id, r.quantity, r.value, r.unit, r.observed_at, r.clock, priority)
+            for r in decoded.readings
+        ]
+        held = True
+        if readings:
+            held = await sink.submit_once(node, decoded.seq, readings)
+        if held:
+            await link.publish(
+                wire.node_topic_for(node, wire.NodeChannel.RELAY_ACK), wire.encode_relay_ack(decoded.seq)
+            )
+            health.readings += len(readings)
+            self.relayed[node] += len(readings)
+            self.last_seen[node] = time.time()
+        else:
+            health.count_error(
+                "outbox_full", f"node {node} seq {decoded.seq} refused by the disk budget; it will retry"
+            )
+        link.ack(message)
+
+
+def build_nodes_source(config: NodesSourceConfig, gateway_id: str, default_identity: TlsIdentity) -> NodesSource:
+    identity = TlsIdentity(
+        config.ca_file or default_identity.ca_file,
+        config.cert_file or default_identity.cert_file,
+        config.key_file or default_identity.key_file,
+    )
+    return NodesSource(config, gateway_id, identity)
