@@ -134,5 +134,5 @@ def test_local_profile_isolates_nodes_and_gives_only_the_owner_the_relay() -> No
 
 @pytest.mark.parametrize(("profile", "owner"), [("cloud", None), ("local", None)])
 def test_bad_profiles_are_refused(profile: str, owner: str | None) -> None:
-    with pytest.raises(ValueError, match="profile|owning gateway"):
+    with pytest.raises(ValueError, match=r"profile|owning gateway"):
         render_acl([], profile=profile, owner=owner)
