@@ -1,0 +1,144 @@
+"""The gateway as a real process (``kakehashi gateway run``): config errors, kill -9 mid-backlog, clean SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from bench.collector import Collector
+from kakehashi import wire
+from kakehashi.mqtt import TlsIdentity
+from tests.conftest import Fleet
+from tests.fleet import KAKEHASHI, RunningBroker, free_port, start_broker
+
+GW = "gw-test-0001"
+
+
+def write_config(path: Path, port: int, ident: TlsIdentity, *, rate: float, limit: int, budget_mb: float = 64) -> Path:
+    path.write_text(
+        f"""
+[gateway]
+id = "{GW}"
+data_dir = "data"
+
+[uplink]
+host = "127.0.0.1"
+port = {port}
+ca_file = "{ident.ca_file}"
+cert_file = "{ident.cert_file}"
+key_file = "{ident.key_file}"
+heartbeat_s = 5
+
+[outbox]
+budget_mb = {budget_mb}
+max_readings_per_message = 100
+
+[[sources.synthetic]]
+devices = ["sim-0001", "sim-0002"]
+rate_per_s = {rate}
+batch = 50
+limit = {limit}
+"""
+    )
+    return path
+
+
+def accepted(data_dir: Path) -> int:
+    with contextlib.closing(sqlite3.connect(f"file:{data_dir / 'outbox.db'}?mode=ro", uri=True)) as con:
+        return int(con.execute("SELECT value FROM meta WHERE key = 'accepted_readings'").fetchone()[0])
+
+
+def gateway(config: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([*KAKEHASHI, "gateway", "run", "--config", str(config)], stderr=subprocess.PIPE)
+
+
+async def until(predicate, seconds: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def collecting(broker: RunningBroker, ident: TlsIdentity) -> AsyncIterator[Collector]:
+    collector = Collector(broker.endpoint, ident, "collector-proc")
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(collector.run(stop))
+    await asyncio.wait_for(collector.subscribed.wait(), 10)
+    try:
+        yield collector
+    finally:
+        stop.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def test_config_error_is_one_line_naming_the_key(tmp_path: Path, fleet: Fleet) -> None:
+    config = write_config(tmp_path / "gateway.toml", 8883, fleet.gw1, rate=10, limit=10)
+    config.write_text(config.read_text().replace("port = 8883", "port = 70000"))
+    result = subprocess.run([*KAKEHASHI, "gateway", "run", "--config", str(config)], capture_output=True, text=True,
+                            timeout=60, check=False)  # fmt: skip
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert result.returncode == 2
+    assert len(lines) == 1
+    assert "uplink.port" in lines[0]
+    assert "8883" in lines[0], "the fix is suggested"
+
+
+async def test_kill_9_mid_backlog_then_restart_loses_nothing(fleet: Fleet, tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path / "gateway.toml", port, fleet.gw1, rate=10_000, limit=30_000)
+    data = tmp_path / "data"
+    first = gateway(config)  # broker not up yet: everything piles up in the outbox
+    try:
+        await until(lambda: data.joinpath("outbox.db").exists() and accepted(data) >= 8_000, 30, "a backlog")
+        broker = start_broker(fleet.ca.path, tmp_path / "broker", port=port)
+        try:
+            async with collecting(broker, fleet.agent) as collector:
+                await until(lambda: collector.readings > 0, 60, "the replay to begin")
+                first.send_signal(signal.SIGKILL)  # mid-backlog, publishes in flight
+                first.wait()
+                in_outbox = accepted(data)
+                assert collector.readings < in_outbox, "killed while a backlog was still waiting"
+                config.write_text(config.read_text().replace("limit = 30000", "limit = 500"))
+                second = gateway(config)
+                try:
+                    await until(lambda: collector.readings >= in_outbox + 500, 60, "everything after the restart")
+                    await asyncio.sleep(0.5)
+                finally:
+                    second.send_signal(signal.SIGTERM)
+                    assert second.wait(30) == 0
+                seqs = collector.seqs(GW)
+                assert sorted(seqs) == list(range(1, len(seqs) + 1)), "dense sequence numbers: nothing lost"
+                assert collector.readings == in_outbox + 500 == accepted(data), "every accepted reading, once"
+        finally:
+            broker.stop()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+
+
+async def test_sigterm_stops_cleanly_with_offline_status(fleet: Fleet, broker: RunningBroker, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "gateway.toml", broker.endpoint.port, fleet.gw1, rate=2_000, limit=100_000)
+    async with collecting(broker, fleet.agent) as collector:
+        process = gateway(config)
+        await until(lambda: collector.readings > 1_000, 30, "readings flowing")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        assert process.stderr is not None
+        assert b"stopped cleanly" in process.stderr.read()
+        await asyncio.sleep(0.5)
+        last = wire.decode_status(collector.statuses[-1])
+        assert (last.state, last.reason) == (wire.StatusState.OFFLINE, wire.StatusReason.SHUTDOWN)
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "outbox.db")) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        left = con.execute("SELECT COALESCE(SUM(readings), 0) FROM outbox").fetchone()[0]
+    assert collector.readings + left == accepted(tmp_path / "data"), "delivered + still stored = accepted"
