@@ -17,13 +17,14 @@ counted, never stored or logged; tags are keyed by payload, never by their rotat
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from bleak import BleakScanner
 from bleak.backends.scanner import BaseBleakScanner
 from bleak.exc import BleakError
 
+from gateway.live_settings import apply_settings, in_range
 from gateway.sources.base import ReadingSink, Source, SourceHealth
 from gateway.sources.ble_aggregate import BleAggregator
 from gateway.sources.ble_config import BleSourceConfig, RegisteredTag, ScanningMode
@@ -58,6 +59,19 @@ class BleSource:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def reconfigure(self, settings: Mapping[str, Any]) -> dict[str, str]:
+        """Live settings from the twin: ``window_s`` (aggregation window) and ``watchdog_s``."""
+
+        def window(value: Any) -> str:
+            self.config = self.config.model_copy(update={"window_s": in_range(value, 0.1, 3600, "window_s")})
+            return "applied"
+
+        def watchdog(value: Any) -> str:
+            self.config = self.config.model_copy(update={"watchdog_s": in_range(value, 1, 86400, "watchdog_s")})
+            return "applied"
+
+        return apply_settings(settings, {"window_s": window, "watchdog_s": watchdog})
 
     async def run(self, sink: ReadingSink, health: SourceHealth) -> None:
         """Scan and submit one batch of readings per window until cancelled."""
@@ -122,6 +136,8 @@ class BleSource:
         changed_at = loop.time()
         while True:
             await asyncio.sleep(poll)
+            watchdog = self.config.watchdog_s  # may have changed through the twin
+            poll = min(1.0, watchdog / 4)
             count = self.aggregator.advertisements
             if count != seen:
                 seen, changed_at = count, loop.time()
@@ -154,6 +170,7 @@ class BleSource:
             await asyncio.sleep(max(0.0, ends - loop.time()))
             now = loop.time()
             elapsed, started = now - started, now
+            window = self.config.window_s  # may have changed through the twin
             ends += window
             if ends <= now:  # fell behind (a slow submit): keep the window length, drop the missed ticks
                 ends = now + window

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gateway.live_settings import apply_settings, in_range
 from gateway.model import ClockQuality, Reading
 from gateway.sources.base import ReadingSink, SourceHealth
 from kakehashi.identity import validate_id
@@ -48,6 +51,15 @@ class SyntheticSource:
     def name(self) -> str:
         return self.config.name
 
+    def reconfigure(self, settings: Mapping[str, Any]) -> dict[str, str]:
+        """Live setting from the twin: ``rate_per_s``."""
+
+        def rate(value: Any) -> str:
+            self.config = self.config.model_copy(update={"rate_per_s": in_range(value, 0.001, 1_000_000, "rate_per_s")})
+            return "applied"
+
+        return apply_settings(settings, {"rate_per_s": rate})
+
     def _batch(self, size: int, now: float) -> list[Reading]:
         readings: list[Reading] = []
         devices = self.config.devices
@@ -64,10 +76,10 @@ class SyntheticSource:
 
     async def run(self, sink: ReadingSink, health: SourceHealth) -> None:
         health.state = "ok"
-        interval = self.config.batch / self.config.rate_per_s
         loop = asyncio.get_running_loop()
         start = loop.time()
         batches = 0
+        rate = self.config.rate_per_s
         while self.config.limit is None or self.produced < self.config.limit:
             size = self.config.batch
             if self.config.limit is not None:
@@ -77,7 +89,9 @@ class SyntheticSource:
             self.produced += size
             health.readings += size
             batches += 1
-            delay = start + batches * interval - loop.time()
+            if self.config.rate_per_s != rate:  # changed through the twin: pace from now on
+                rate, start, batches = self.config.rate_per_s, loop.time(), 0
+            delay = start + batches * self.config.batch / rate - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             elif batches % 64 == 0:
