@@ -72,8 +72,9 @@ class Twin:
         per_source: dict[str, dict[str, Any]] = {}
         for key, value in delta.items():
             if key.startswith("sources."):
-                name, _, setting = key[len("sources.") :].partition(".")
-                if not setting:
+                # source names may contain dots (modbus:10.0.0.5:502); setting names never do
+                name, _, setting = key[len("sources.") :].rpartition(".")
+                if not name or not setting:
                     results[key] = "rejected: use sources.<source name>.<setting>"
                     continue
                 per_source.setdefault(name, {})[setting] = value

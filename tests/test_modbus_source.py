@@ -462,3 +462,29 @@ def test_config_errors_name_the_key_and_the_fix(doc: dict[str, Any], where: str,
         ModbusSourceConfig.model_validate(doc)
     errors = [(".".join(str(part) for part in e["loc"]), e["msg"]) for e in caught.value.errors()]
     assert any(loc.endswith(where) and message in msg for loc, msg in errors), errors
+
+
+async def test_twin_changes_poll_interval_and_alarm_thresholds_live() -> None:
+    async with ModbusSimulator({2: "water-level"}) as sim:
+        [bus] = build_modbus_buses(
+            config([{"host": "127.0.0.1", "port": sim.port, "devices": [device("wl-0002", 2, "water-level", 5.0)]}])
+        )
+        async with running(bus) as (sink, _health):
+            await until(lambda: sink.polls("wl-0002") >= 1)
+            assert sink.polls("wl-0002") == 1, "a 5 s interval: one poll so far"
+            level = number(sink.of("wl-0002", "water_level")[-1])
+            results = bus.reconfigure(
+                {
+                    "poll_interval_s": {"wl-0002": 0.05},
+                    "thresholds": {"wl-0002": {"water_level": {"above": level - 10, "below": None}}},
+                    "colour": "red",
+                }
+            )
+            assert results["poll_interval_s"] == "applied"
+            assert results["thresholds"] == "applied"
+            assert results["colour"].startswith("rejected: not a live setting")
+            await until(lambda: sink.polls("wl-0002") >= 4, within=2)  # not after the old 5 s interval
+            assert sink.of("wl-0002", "water_level")[-1].priority is Priority.ALARM
+            bad = bus.reconfigure({"poll_interval_s": {"wl-9999": 1}, "thresholds": {"wl-0002": {"nope": {}}}})
+            assert bad["poll_interval_s"].startswith("rejected: no device wl-9999")
+            assert bad["thresholds"].startswith("rejected:")

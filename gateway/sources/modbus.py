@@ -20,10 +20,11 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.live_settings import apply_settings, in_range
 from gateway.model import ClockQuality, Priority, Reading, now
 from gateway.sources.base import ReadingSink, Source, SourceHealth
 from gateway.sources.modbus_config import (
@@ -99,6 +100,7 @@ class ModbusBusSource:
         self._link = ModbusLink(bus)
         self._writes: deque[_Write] = deque()
         self._wake = asyncio.Event()
+        self._reschedule = False
         self._running = False
         self._quarantined: set[str] = set()
         self._timeouts_in_row = 0
@@ -113,6 +115,48 @@ class ModbusBusSource:
     @property
     def name(self) -> str:
         return self._name
+
+    def reconfigure(self, settings: Mapping[str, Any]) -> dict[str, str]:
+        """Live settings from the twin: ``poll_interval_s`` (seconds for every device on this bus, or
+        ``{device id: seconds}``) and ``thresholds`` (``{device id: {point: {"above": x, "below": y}}}``)."""
+
+        def poll_interval(value: Any) -> str:
+            wanted = value if isinstance(value, dict) else dict.fromkeys(self._by_id, value)
+            unknown = sorted(set(wanted) - set(self._by_id))
+            if unknown:
+                raise ValueError(f"no device {unknown[0]} on this bus (devices: {', '.join(self._by_id)})")
+            checked = {dev: in_range(seconds, 0.05, 86400, "poll_interval_s") for dev, seconds in wanted.items()}
+            soon = time.monotonic()
+            for dev, seconds in checked.items():
+                device = self._by_id[dev]
+                device.interval = seconds
+                device.due = min(device.due, soon + seconds)  # a shorter interval takes effect now, not after the old
+            self._reschedule = True
+            self._wake.set()
+            return "applied"
+
+        def thresholds(value: Any) -> str:
+            if not isinstance(value, dict):
+                raise ValueError('thresholds must be {device id: {point: {"above": x, "below": y}}}')
+            staged: list[tuple[DeviceState, str, tuple[float | None, float | None]]] = []
+            for dev, points in value.items():
+                device = self._by_id.get(dev)
+                if device is None or not isinstance(points, dict):
+                    raise ValueError(f"no device {dev} on this bus, or its thresholds are not an object")
+                names = {p.name for p in device.profile.points}
+                for point, limits in points.items():
+                    if point not in names or not isinstance(limits, dict) or set(limits) - {"above", "below"}:
+                        raise ValueError(
+                            f"{dev}.{point}: use a point of profile {device.profile.name} with above/below"
+                        )
+                    above, below = limits.get("above"), limits.get("below")
+                    bounds = tuple(None if v is None else in_range(v, -1e12, 1e12, "threshold") for v in (above, below))
+                    staged.append((device, point, (bounds[0], bounds[1])))
+            for device, point, bounds in staged:
+                device.thresholds[point] = bounds
+            return "applied"
+
+        return apply_settings(settings, {"poll_interval_s": poll_interval, "thresholds": thresholds})
 
     @property
     def device_ids(self) -> tuple[str, ...]:
@@ -195,6 +239,11 @@ class ModbusBusSource:
             if self._writes:
                 await self._serve_writes(health)
                 continue
+            if self._reschedule:  # intervals changed through the twin
+                self._reschedule = False
+                heap = [(d.due, order + i, d) for i, d in enumerate(self._devices)]
+                order += len(heap)
+                heapq.heapify(heap)
             due = heap[0][0]
             delay = due - time.monotonic()
             if delay > 0:
@@ -254,7 +303,7 @@ class ModbusBusSource:
                     if isinstance(value, float) and not math.isfinite(value):
                         health.count_error("value", f"{device_id}: {point.name} read {value}")
                         continue
-                    priority = Priority.ALARM if point.is_alarm(value) else Priority.TELEMETRY
+                    priority = Priority.ALARM if device.is_alarm(point, value) else Priority.TELEMETRY
                     readings.append(
                         Reading(device_id, point.name, value, point.unit, observed, ClockQuality.SYNCED, priority)
                     )

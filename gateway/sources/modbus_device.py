@@ -13,7 +13,7 @@ from typing import Any
 
 from gateway.sources.modbus_config import ModbusDeviceConfig
 from gateway.sources.modbus_plan import ReadBlock, plan_reads
-from hw.modbus.model import DeviceProfile
+from hw.modbus.model import DeviceProfile, Point, PointValue
 
 __all__ = ["BackoffPolicy", "DeviceState"]
 
@@ -41,6 +41,16 @@ class DeviceState:
     failures: int = 0
     quarantined: bool = False
     detail: dict[str, Any] = field(default_factory=dict)
+    # alarm thresholds set through the twin: point name -> (above, below), replacing the profile's for that point
+    thresholds: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+
+    def is_alarm(self, point: Point, value: PointValue) -> bool:
+        """Whether ``value`` crosses the point's alarm thresholds (the twin's, else the profile's)."""
+        override = self.thresholds.get(point.name)
+        if override is None or isinstance(value, bool):
+            return point.is_alarm(value)
+        above, below = override
+        return (above is not None and value > above) or (below is not None and value < below)
 
     @classmethod
     def build(cls, config: ModbusDeviceConfig) -> DeviceState:
