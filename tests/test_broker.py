@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import signal
 import subprocess
@@ -51,8 +52,12 @@ async def subscribe_into(mqtt: aiomqtt.Client, topics: list[str]) -> asyncio.Que
         await mqtt.subscribe(topic, qos=1)
 
     async def pump() -> None:
-        async for message in mqtt.messages:
-            queue.put_nowait(message)
+        # Ends quietly when the client disconnects: an exception left unretrieved would be logged (with traceback
+        # formatting, which calls ast.parse) from whichever thread collects the task, and CPython 3.11's AST state
+        # is not safe against that racing hypothesis's ast.parse in the main thread.
+        with contextlib.suppress(aiomqtt.MqttError):
+            async for message in mqtt.messages:
+                queue.put_nowait(message)
 
     task = asyncio.get_running_loop().create_task(pump())
     queue.task = task  # type: ignore[attr-defined]  # keep a reference for the test's lifetime

@@ -125,6 +125,9 @@ def _can_traverse(user: str, directory: Path) -> bool:
     return True
 
 
+_WARNED_ROOT: set[Path] = set()
+
+
 def _run_as_user(rundir: Path) -> str:
     """The user Mosquitto runs as: started as root it drops to the ``mosquitto`` user when that user can reach
     the run directory; otherwise it stays root (with a warning) rather than fail to open its files."""
@@ -135,6 +138,9 @@ def _run_as_user(rundir: Path) -> str:
     except KeyError:
         return "root"
     if not _can_traverse(MOSQUITTO_USER, rundir.parent):
+        if rundir in _WARNED_ROOT:
+            return "root"
+        _WARNED_ROOT.add(rundir)
         log.warning(
             "broker_runs_as_root",
             reason=f"user {MOSQUITTO_USER} cannot reach {rundir}",
