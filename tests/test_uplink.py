@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 
 from gateway.intake import Intake
+from gateway.model import Priority, Reading
 from gateway.outbox import Outbox
 from gateway.sources.base import SourceHealth
 from gateway.sources.synthetic import SyntheticSource, SyntheticSourceConfig
 from gateway.twin import ignore_downlink
 from gateway.uplink import Uplink, UplinkSettings
 from kakehashi import wire
+from kakehashi.mqtt import BrokerEndpoint
 from tests.conftest import Fleet
-from tests.fleet import Collector, RunningBroker, start_broker
+from tests.fleet import Collector, RunningBroker, free_port, start_broker
 
 GW = "gw-test-0001"
 
@@ -169,3 +171,70 @@ async def test_publishes_the_broker_refuses_stay_in_the_outbox(fleet: Fleet, bro
         assert stats.depth_readings == 500, "nothing the broker refused was deleted"
         assert "refused" in (p.uplink.stats.last_error or "")
         assert p.collector.readings == 0
+
+
+async def test_disk_budget_exhausted_during_an_outage_alarms_survive_and_gaps_are_reported(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """The broker is unreachable while telemetry floods a small outbox; alarms keep coming. When the broker returns,
+    the cloud gets every alarm, and every sequence number is either delivered or listed in a gap report."""
+    port = free_port()
+    outbox = await Outbox.open(tmp_path / "outbox.db", 128 * 1024)
+    intake = Intake(outbox, max_readings_per_message=50)
+    telemetry = SyntheticSource(SyntheticSourceConfig(devices=["sim-0001"], rate_per_s=20_000, batch=50, limit=40_000))
+
+    async def health_doc() -> dict[str, object]:
+        return {}
+
+    settings = UplinkSettings(backoff_base_s=0.2, backoff_cap_s=0.5)
+    uplink = Uplink(GW, BrokerEndpoint("127.0.0.1", port), fleet.gw1, outbox, health=health_doc,
+                    on_downlink=ignore_downlink, settings=settings)  # fmt: skip
+    stop_uplink = asyncio.Event()
+    alarms_sent = 0
+    async with asyncio.TaskGroup() as tg:
+        intake_task = tg.create_task(intake.run())
+        uplink_task = tg.create_task(uplink.run(stop_uplink))
+        source_task = tg.create_task(telemetry.run(intake, SourceHealth("synthetic")))
+        while not telemetry.finished.is_set():
+            alarms_sent += 1
+            await intake.submit([Reading("wl-0001", "water_level", 5.0 + alarms_sent, "m", time.time(),
+                                         priority=Priority.ALARM)])  # fmt: skip
+            await asyncio.sleep(0.01)
+        stats = await outbox.stats()
+        assert stats.dropped_readings > 0, "the budget was exhausted and telemetry thinned"
+        broker = start_broker(fleet.ca.path, tmp_path / "broker", port=port)
+        try:
+            collector = Collector(broker.endpoint, fleet.agent)
+            stop_collector = asyncio.Event()
+            collector_task = tg.create_task(collector.run(stop_collector))
+
+            async def drained() -> bool:
+                return (await outbox.stats()).depth_messages == 0
+
+            await wait_for(drained, 60, "the outbox to drain after the outage")
+            await asyncio.sleep(0.5)
+            delivered = set(collector.seqs(GW))
+            gaps: set[int] = set()
+            alarms = 0
+            for payload in collector.payloads.values():
+                try:
+                    events = wire.decode_events(payload).events
+                except wire.WireError:  # not an events message: readings
+                    alarms += sum(r.device_id == "wl-0001" for r in wire.decode_readings(payload).readings)
+                    continue
+                for event in events:
+                    if isinstance(event, wire.GapReport):
+                        gaps.update(range(event.from_seq, event.to_seq + 1))
+            everything = set(range(1, (await outbox.stats()).next_seq))
+            assert everything == delivered | gaps, "every seq is delivered or reported as a gap"
+            assert alarms == alarms_sent, "no alarm was dropped"
+        finally:
+            source_task.cancel()
+            await intake.drain()
+            intake_task.cancel()
+            stop_uplink.set()
+            await uplink_task
+            stop_collector.set()
+            collector_task.cancel()
+            broker.stop()
+            await outbox.close()
