@@ -119,7 +119,6 @@ class Intake:
         messages = []
         for priority in sorted(by_priority):
             readings = by_priority[priority]
-            self.stats.by_priority[priority.name.lower()] += len(readings)
             for start in range(0, len(readings), self._max_per_message):
                 messages.append(readings_message(readings[start : start + self._max_per_message], now))
         return messages
@@ -143,6 +142,9 @@ class Intake:
             return
         self.stats.commits += 1
         self.stats.messages += len(messages)
+        for submission in batch:
+            for reading in submission.readings:
+                self.stats.by_priority[reading.priority.name.lower()] += 1
         self.stats.submitted_readings += sum(len(s.readings) for s in batch)
         for submission in batch:
             if not submission.done.done():

@@ -181,3 +181,27 @@ def test_committed_messages_survive_kill_9(tmp_path: Path) -> None:
     assert stored == list(range(1, len(stored) + 1)), "dense, nothing half-written"
     assert store.append([message()]).seqs == [len(stored) + 1]
     store.close()
+
+
+async def test_intake_isolates_a_bad_submission_and_commits_the_others(tmp_path: Path) -> None:
+    import asyncio
+
+    from gateway.intake import Intake
+    from gateway.model import Reading
+    from gateway.outbox import Outbox
+
+    outbox = await Outbox.open(tmp_path / "outbox.db", 1024 * 1024)
+    intake = Intake(outbox)
+    task = asyncio.get_running_loop().create_task(intake.run())
+    good = [Reading("dev-1", "x", 1.0, "m", 1.8e9)]
+    bad = [Reading("dev-1", "x", float("nan"), "m", 1.8e9)]
+    results = await asyncio.gather(intake.submit(good), intake.submit(bad), intake.submit(good), return_exceptions=True)
+    assert results[0] is None
+    assert isinstance(results[1], wire.WireError)
+    assert results[2] is None
+    assert intake.stats.rejected_readings == 1
+    assert intake.stats.by_priority["telemetry"] == 2, "counted once, after the commit"
+    assert (await outbox.stats()).accepted_readings == 2
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await outbox.close()
