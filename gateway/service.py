@@ -28,7 +28,9 @@ from gateway.supervisor import supervise
 from gateway.twin import Twin
 from gateway.uplink import Uplink, UplinkSettings
 from kakehashi import wire
+from kakehashi.errors import ConfigError
 from kakehashi.log import get_logger
+from kakehashi.mqtt import client_tls_context
 
 log = get_logger(__name__)
 
@@ -60,8 +62,6 @@ def build_sources(config: GatewayConfig) -> list[Source]:
     names = [source.name for source in sources]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        from kakehashi.errors import ConfigError
-
         raise ConfigError(f"two sources are both named {duplicates[0]!r}: give each source a distinct name")
     return sources
 
@@ -121,7 +121,13 @@ class Gateway:
 
 async def open_gateway(config: GatewayConfig) -> Gateway:
     """Open the outbox and build every part, without starting anything."""
-    config.gateway.data_dir.mkdir(parents=True, exist_ok=True)
+    client_tls_context(config.uplink.identity())  # certificate, key and trust bundle usable: else one clear line now
+    try:
+        config.gateway.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create data_dir {config.gateway.data_dir} ({exc.strerror}): choose a writable [gateway] data_dir"
+        ) from None
     sources = build_sources(config)
     outbox = await Outbox.open(config.outbox_path, config.outbox.budget_bytes)
     intake = Intake(outbox, max_readings_per_message=config.outbox.max_readings_per_message)

@@ -21,6 +21,7 @@ from gateway.outbox import Outbox
 from gateway.outbox_store import StoredMessage
 from kakehashi import wire
 from kakehashi.backoff import Backoff
+from kakehashi.errors import ConfigError
 from kakehashi.log import get_logger
 from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
 from kakehashi.mqtt_link import LinkError, MqttLink, PublishRefusedError, Will
@@ -137,6 +138,8 @@ class Uplink:
                 async with self._link() as link:
                     backoff.reset()
                     await self._session(link, stop)
+            except* ConfigError as group:  # certificate files replaced or removed while running
+                error = group.exceptions[0].args[0]
             except* LinkError as group:
                 error = group.exceptions[0].args[0]
                 refused = sum(isinstance(exc, PublishRefusedError) for exc in group.exceptions)

@@ -142,3 +142,15 @@ async def test_sigterm_stops_cleanly_with_offline_status(fleet: Fleet, broker: R
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         left = con.execute("SELECT COALESCE(SUM(readings), 0) FROM outbox").fetchone()[0]
     assert collector.readings + left == accepted(tmp_path / "data"), "delivered + still stored = accepted"
+
+
+def test_missing_certificate_file_is_one_line_at_start(tmp_path: Path, fleet: Fleet) -> None:
+    missing = TlsIdentity(fleet.gw1.ca_file, tmp_path / "nope.crt", fleet.gw1.key_file)
+    config = write_config(tmp_path / "gateway.toml", 8883, missing, rate=10, limit=10)
+    result = subprocess.run([*KAKEHASHI, "gateway", "run", "--config", str(config)], capture_output=True, text=True,
+                            timeout=60, check=False)  # fmt: skip
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert result.returncode == 2
+    assert lines == [
+        f"error: certificate {tmp_path / 'nope.crt'} does not exist: check the path or re-run provisioning"
+    ]
