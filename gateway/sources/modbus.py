@@ -4,8 +4,8 @@
 the bus's only client connection, so requests never interleave: polls follow each device's interval (earliest due
 first, so devices with different intervals share the bus fairly), each device's points are read in coalesced
 blocks, and each device poll's readings are stamped with the time of the answer and queued for the outbox (the
-bus keeps polling while the outbox commits; polls that queued meanwhile are submitted together). Writes (:meth:`ModbusBusSource.write_point`) go through
-the same owner, between polls, and return the value read back.
+bus keeps polling while the outbox commits; polls that queued meanwhile are submitted together). Writes
+(:meth:`ModbusBusSource.write_point`) go through the same owner, between polls, and return the value read back.
 
 Faults never stop the bus: timeouts, exception responses, CRC/framing errors and connection losses are counted in
 the source's health by kind; a failing device is retried with exponential backoff and quarantined after a few
