@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(mosquitto socat)
+DEBS=(mosquitto socat postgresql)
 VENV=.venv
 STAMP="$VENV/.kakehashi-installed"
 

@@ -1,0 +1,226 @@
+"""The readings write path: one transaction per batch of messages from one gateway.
+
+1. The gateway passes the traffic gate (:mod:`device_registry.traffic`): refused unless provisioned or active.
+2. Each message's sequence number is claimed (``ON CONFLICT DO NOTHING``); messages already stored are skipped, so
+   at-least-once delivery has an exactly-once effect.
+3. Every device in the new messages is looked up once and judged:
+
+   - a watch tag is stored only with an active consented record (provisioned or active, consent given); tags roam,
+     so any gateway of the tag's organisation may report it; without a record nothing of it is stored, and the
+     refusal is counted but not audited (an audit entry would itself record the sighting, and cannot be deleted);
+   - any other device must be bound to this gateway (the gateway may also report about itself); anything else is
+     rejected, counted and audited with the gateway as actor;
+   - a bound device that is not provisioned or active is refused and counted on the device.
+
+4. Accepted readings go to ``readings`` with one ``executemany`` and the newest reading of each (device, quantity)
+   is upserted into ``latest``, keeping the newer one by (observed time, sequence number) whatever the delivery order.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.expression import Executable
+
+from device_registry import audit, traffic, validation
+from device_registry.errors import NotFound
+from device_registry.inventory import EntityRow, entities_by_id
+from device_registry.lifecycle import ACCEPTS_TRAFFIC, WATCH_TAG, State
+from device_registry.models import IngestResult, Received
+from device_registry.schema import latest, readings
+from device_registry.transitions import activate_if_provisioned
+from kakehashi import wire
+
+_AUDIT_SEQS: Final = 100  # sequence numbers listed in one rejection audit entry
+
+
+class Verdict(enum.Enum):
+    STORE = "store"
+    UNBOUND = "unbound"
+    UNBOUND_TAG = "unbound_tag"
+    NO_CONSENT = "no_consent"
+    INACTIVE = "inactive"
+
+
+def value_columns(value: float | str | bool | bytes) -> tuple[float | None, str | None, bool | None, bytes | None]:
+    """The value of a reading spread over (num, text, flag, data); exactly one is set."""
+    if isinstance(value, bool):
+        return None, None, value, None
+    if isinstance(value, int | float):
+        return float(value), None, None, None
+    if isinstance(value, str):
+        return None, value, None, None
+    return None, None, None, bytes(value)
+
+
+def _row(reading: wire.Reading, gateway_id: str, seq: int, received_at: float) -> dict[str, Any]:
+    num, text, flag, data = value_columns(reading.value)
+    return {
+        "device_id": reading.device_id,
+        "quantity": reading.quantity,
+        "observed_at": reading.observed_at,
+        "received_at": received_at,
+        "gateway_id": gateway_id,
+        "seq": seq,
+        "clock": reading.clock.value,
+        "unit": reading.unit,
+        "num": num,
+        "text": text,
+        "flag": flag,
+        "data": data,
+    }
+
+
+def _judge(device_id: str, found: EntityRow | None, gateway: EntityRow) -> tuple[Verdict, str]:
+    """The verdict on one device's readings from ``gateway``, and why (for the audit entry)."""
+    if device_id == gateway.id:
+        return Verdict.STORE, ""
+    if found is None:
+        return Verdict.UNBOUND, "not registered"
+    if found.role != "device":
+        return Verdict.UNBOUND, "another gateway"
+    if found.kind == WATCH_TAG:
+        if found.organisation_id != gateway.organisation_id:
+            return Verdict.UNBOUND_TAG, "a watch tag of another organisation"
+        if found.consent and found.state in ACCEPTS_TRAFFIC:
+            return Verdict.STORE, ""
+        return Verdict.NO_CONSENT, ""
+    if found.gateway_id != gateway.id:
+        bound = f"bound to gateway {found.gateway_id}" if found.gateway_id else "bound to no gateway"
+        return Verdict.UNBOUND, bound
+    if found.state not in ACCEPTS_TRAFFIC:
+        return Verdict.INACTIVE, ""
+    return Verdict.STORE, ""
+
+
+def _dedupe(messages: Sequence[Received]) -> tuple[dict[int, Received], int]:
+    """The first message of each sequence number, and how many repeats the batch itself held."""
+    first: dict[int, Received] = {}
+    repeats = 0
+    for message in messages:
+        validation.sequence_number(message.seq, "readings message seq")
+        if message.seq in first:
+            repeats += 1
+        else:
+            first[message.seq] = message
+    return first, repeats
+
+
+@functools.cache
+def _upsert_latest_statement(dialect: str) -> Executable:
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(latest)
+    excluded = insert.excluded
+    newer = sa.or_(
+        excluded.observed_at > latest.c.observed_at,
+        sa.and_(excluded.observed_at == latest.c.observed_at, excluded.seq > latest.c.seq),
+    )
+    updated = [column.name for column in latest.c if column.name not in ("device_id", "quantity")]
+    return insert.on_conflict_do_update(
+        index_elements=[latest.c.device_id, latest.c.quantity],
+        set_={name: excluded[name] for name in updated},
+        where=newer,
+    )
+
+
+async def ingest(
+    conn: AsyncConnection, gateway_id: str, messages: Sequence[Received], *, now: datetime
+) -> IngestResult:
+    """Store a batch of readings messages from ``gateway_id`` (see the module docstring)."""
+    total = sum(len(message.readings) for message in messages)
+    mentioned = {reading.device_id for message in messages for reading in message.readings}
+    known = await entities_by_id(conn, mentioned | {gateway_id})
+    gateway = known.get(gateway_id)
+    if gateway is None or gateway.role != "gateway":
+        raise NotFound(f"there is no gateway with id {gateway_id!r}")
+    admission = await traffic.admit_row(conn, gateway, now=now, refused_readings=total)
+    if not admission.accepted:
+        return IngestResult(rejected_inactive=total)
+    unique, repeats = _dedupe(messages)
+    new_seqs = await traffic.claim(conn, gateway, [(seq, m.received_at) for seq, m in unique.items()], "readings")
+    fresh = [message for seq, message in unique.items() if seq in new_seqs]
+
+    verdicts: dict[str, tuple[Verdict, str]] = {}
+    counts: Counter[Verdict] = Counter()
+    refused_seqs: defaultdict[str, set[int]] = defaultdict(set)
+    refused_per_device: Counter[str] = Counter()
+    history: list[dict[str, Any]] = []
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    for message in fresh:
+        for reading in message.readings:
+            device_id = reading.device_id
+            judged = verdicts.get(device_id)
+            if judged is None:
+                judged = verdicts[device_id] = _judge(device_id, known.get(device_id), gateway)
+            if judged[0] is not Verdict.STORE:
+                counts[judged[0]] += 1
+                refused_per_device[device_id] += 1
+                refused_seqs[device_id].add(message.seq)
+                continue
+            row = _row(reading, gateway.id, message.seq, message.received_at)
+            history.append(row)
+            key = (device_id, reading.quantity)
+            current = newest.get(key)
+            if current is None or (row["observed_at"], row["seq"]) >= (current["observed_at"], current["seq"]):
+                newest[key] = row
+
+    if history:
+        await conn.execute(readings.insert(), history)
+        await conn.execute(_upsert_latest_statement(conn.dialect.name), [newest[key] for key in sorted(newest)])
+    activated = [gateway.id] if admission.activated else []
+    for device_id, (verdict, why) in verdicts.items():
+        found = known.get(device_id)
+        if device_id == gateway.id:
+            continue  # the gateway itself passed the gate above
+        if verdict is Verdict.STORE and found is not None and found.state is State.PROVISIONED:
+            if await activate_if_provisioned(conn, found, reason=f"first reading via gateway {gateway.id}", now=now):
+                activated.append(device_id)
+        elif verdict is Verdict.INACTIVE:
+            await traffic.count_refused(conn, device_id, refused_per_device[device_id])
+        elif verdict in (Verdict.UNBOUND, Verdict.UNBOUND_TAG):
+            seqs = sorted(refused_seqs[device_id])
+            await _audit_unbound(conn, gateway.id, device_id, verdict, why, refused_per_device[device_id], seqs, now)
+    return IngestResult(
+        messages=len(fresh),
+        duplicates=repeats + len(unique) - len(fresh),
+        stored=len(history),
+        rejected_unbound=counts[Verdict.UNBOUND] + counts[Verdict.UNBOUND_TAG],
+        rejected_no_consent=counts[Verdict.NO_CONSENT],
+        rejected_inactive=counts[Verdict.INACTIVE],
+        activated=tuple(activated),
+    )
+
+
+async def _audit_unbound(
+    conn: AsyncConnection,
+    gateway_id: str,
+    device_id: str,
+    verdict: Verdict,
+    why: str,
+    count: int,
+    seqs: list[int],
+    now: datetime,
+) -> None:
+    if verdict is Verdict.UNBOUND_TAG:
+        reason = f"gateway {gateway_id} reported {count} readings for {why} (not named: watch tags are personal data)"
+        detail: wire.JSONObject = {"device_kind": WATCH_TAG, "readings": count}
+    else:
+        reason = f"gateway {gateway_id} reported {count} readings for device {device_id}, which is {why}"
+        listed = audit.json_list(seqs[:_AUDIT_SEQS])
+        detail = {"device": device_id, "readings": count, "seqs": listed, "more_seqs": len(seqs) > _AUDIT_SEQS}
+    await audit.append(
+        conn,
+        at=now,
+        actor=gateway_id,
+        action="ingest.rejected_unbound",
+        entity_id=gateway_id,
+        reason=reason,
+        detail=detail,
+    )
