@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -32,6 +31,7 @@ from typing import Any
 import click
 
 from bench.collector import Collector
+from bench.harness import enroll, free_port
 from cloud_agent.pki.authority import CertificateAuthority
 from gateway.config import parse_config
 from gateway.service import Gateway, run_gateway
@@ -39,7 +39,7 @@ from hw.ble.population import population as ble_population
 from hw.ble.simulator import SimulatedAir, attached
 from hw.lpwa.simulator import LpwaModuleSimulator, default_population, gateway_toml
 from hw.modbus.simulator import ModbusSimulator
-from kakehashi import keys, ui, wire
+from kakehashi import ui, wire
 from kakehashi.broker.runner import AccessProfile, run_broker
 from kakehashi.identity import Role
 from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
@@ -67,22 +67,6 @@ class NodeStats:
     acked: set[int] = field(default_factory=set)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _enroll(ca: CertificateAuthority, role: Role, identity: str, device_dir: Path) -> TlsIdentity:
-    """What a device does: make its key locally, send only the CSR, store the certificate it gets back."""
-    device_dir.mkdir(parents=True, exist_ok=True)
-    key = keys.generate_private_key()
-    keys.write_private_key(device_dir / "device.key", key)
-    record = ca.issue(keys.make_csr(key, identity), role, identity)
-    keys.write_public_file(device_dir / "device.crt", Path(record.certificate_path).read_bytes())
-    return TlsIdentity(ca.trust_bundle_path, device_dir / "device.crt", device_dir / "device.key")
-
-
 async def _refused(endpoint: BrokerEndpoint, identity: TlsIdentity, client_id: str) -> tuple[bool, str]:
     try:
         async with MqttLink(endpoint, identity, client_id=client_id, connect_timeout_s=5.0):
@@ -93,7 +77,7 @@ async def _refused(endpoint: BrokerEndpoint, identity: TlsIdentity, client_id: s
 
 @contextlib.asynccontextmanager
 async def _broker(ca: CertificateAuthority, rundir: Path, profile: AccessProfile) -> AsyncIterator[BrokerEndpoint]:
-    port = _free_port()
+    port = free_port()
     ready, stop = asyncio.Event(), asyncio.Event()
     task = asyncio.get_running_loop().create_task(
         run_broker(ca.path, rundir, "127.0.0.1", port, stop=stop, profile=profile, on_ready=lambda *_: ready.set())
@@ -198,13 +182,13 @@ async def run_demo(workdir: Path, seconds: float, *, progress: bool = True) -> d
     say(f"fleet PKI in {workdir / 'pki'}; enrolling an agent, a gateway and a node (keys made on each device)")
     ca = CertificateAuthority.init(workdir / "pki")
     devices = workdir / "devices"
-    agent = _enroll(ca, Role.SERVICE, AGENT_ID, devices / AGENT_ID)
-    gateway_identity = _enroll(ca, Role.GATEWAY, GATEWAY_ID, devices / GATEWAY_ID)
-    node_identity = _enroll(ca, Role.NODE, NODE_ID, devices / NODE_ID)
-    revoked = _enroll(ca, Role.GATEWAY, REVOKED_ID, devices / REVOKED_ID)
+    agent = enroll(ca, Role.SERVICE, AGENT_ID, devices / AGENT_ID)
+    gateway_identity = enroll(ca, Role.GATEWAY, GATEWAY_ID, devices / GATEWAY_ID)
+    node_identity = enroll(ca, Role.NODE, NODE_ID, devices / NODE_ID)
+    revoked = enroll(ca, Role.GATEWAY, REVOKED_ID, devices / REVOKED_ID)
     ca.revoke(REVOKED_ID, "key_compromise")
     foreign_ca = CertificateAuthority.init(workdir / "foreign-pki")
-    foreign = _enroll(foreign_ca, Role.GATEWAY, GATEWAY_ID, devices / "impostor")
+    foreign = enroll(foreign_ca, Role.GATEWAY, GATEWAY_ID, devices / "impostor")
     impostor = TlsIdentity(ca.trust_bundle_path, foreign.cert_file, foreign.key_file)
 
     lpwa_devices = default_population("im920", tags=3, gauges=1, sos_probability=0.05)
