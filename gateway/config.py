@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.sources.ble import BleSourceConfig
 from gateway.sources.lpwa import LpwaSourceConfig
@@ -19,7 +19,7 @@ from gateway.sources.nodes import NodesSourceConfig
 from gateway.sources.synthetic import SyntheticSourceConfig
 from kakehashi.config_errors import config_error
 from kakehashi.errors import ConfigError
-from kakehashi.identity import validate_id
+from kakehashi.fields import Identifier
 from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
 
 HINTS = {
@@ -35,13 +35,8 @@ class _Strict(BaseModel):
 
 
 class GatewaySection(_Strict):
-    id: str = Field(description="this gateway's id, as in its certificate")
+    id: Identifier = Field(description="this gateway's id, as in its certificate")
     data_dir: Path = Field(default=Path("/var/lib/kakehashi/gateway"), description="outbox and state")
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        return validate_id(value)
 
 
 class UplinkSection(_Strict):

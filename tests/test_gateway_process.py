@@ -8,8 +8,11 @@ import signal
 import sqlite3
 import subprocess
 import time
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from bench.collector import Collector
 from kakehashi import wire
@@ -50,8 +53,13 @@ limit = {limit}
 
 
 def accepted(data_dir: Path) -> int:
-    with contextlib.closing(sqlite3.connect(f"file:{data_dir / 'outbox.db'}?mode=ro", uri=True)) as con:
-        return int(con.execute("SELECT value FROM meta WHERE key = 'accepted_readings'").fetchone()[0])
+    """Readings the gateway has accepted so far (0 while its outbox is still being created)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{data_dir / 'outbox.db'}?mode=ro", uri=True)) as con:
+            row = con.execute("SELECT value FROM meta WHERE key = 'accepted_readings'").fetchone()
+    except sqlite3.OperationalError:  # no tables yet
+        return 0
+    return int(row[0]) if row else 0
 
 
 def gateway(config: Path) -> subprocess.Popen[bytes]:
@@ -154,3 +162,17 @@ def test_missing_certificate_file_is_one_line_at_start(tmp_path: Path, fleet: Fl
     assert lines == [
         f"error: certificate {tmp_path / 'nope.crt'} does not exist: check the path or re-run provisioning"
     ]
+
+
+def test_invalid_gateway_id_names_the_file_and_key(tmp_path: Path, fleet: Fleet) -> None:
+    from gateway.config import parse_config
+    from kakehashi.errors import ConfigError
+
+    doc = tomllib.loads(write_config(tmp_path / "gateway.toml", 8883, fleet.gw1, rate=10, limit=10).read_text())
+    doc["gateway"]["id"] = "GW_Bad"
+    with pytest.raises(ConfigError, match=r"gateway\.toml: gateway\.id: .*invalid id 'GW_Bad'"):
+        parse_config(doc, tmp_path / "gateway.toml")
+    doc["gateway"]["id"] = "gw-ok"
+    doc["sources"]["synthetic"][0]["devices"] = ["Sim 1"]
+    with pytest.raises(ConfigError, match=r"sources\.synthetic\[0\]\.devices\[0\]: .*invalid id"):
+        parse_config(doc, tmp_path / "gateway.toml")

@@ -13,18 +13,11 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hw.ble.keys import normalize_tag_key
-from kakehashi.identity import IdentityError, validate_id
+from kakehashi.fields import Identifier
 
 ScanningMode = Literal["passive", "active", "auto"]
 _ADAPTER = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 _DOTTED = re.compile(r"[A-Za-z_][\w.]*[:.][A-Za-z_]\w*")
-
-
-def _device_id(value: str) -> str:
-    try:
-        return validate_id(value)
-    except IdentityError as exc:
-        raise ValueError(exc.message) from None
 
 
 class RegisteredTag(BaseModel):
@@ -32,11 +25,9 @@ class RegisteredTag(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(description="device id the readings carry, e.g. tag-0001")
+    id: Identifier = Field(description="device id the readings carry, e.g. tag-0001")
     key: str = Field(description="payload key, e.g. ibeacon:<uuid>:<major>:<minor> (see docs/ble.md)")
     consent: bool = Field(description="a recorded consent for this tag; without it the tag is dropped")
-
-    _check_id = field_validator("id")(_device_id)
 
     @field_validator("key")
     @classmethod
@@ -49,7 +40,7 @@ class BleSourceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(default="ble", description="source name in health reports")
+    name: Identifier = Field(default="ble", description="source name in health reports")
     adapter: str = Field(default="hci0", description="Bluetooth adapter, e.g. hci0 (see `bluetoothctl list`)")
     scanning_mode: ScanningMode = Field(
         default="auto", description="passive, active, or auto: passive where the adapter/backend allows, else active"
@@ -68,8 +59,6 @@ class BleSourceConfig(BaseModel):
         description="bleak scanner backend as module:Class (e.g. hw.ble.simulator:SimulatedScannerBackend); "
         "default: the platform's (BlueZ on the Pi)",
     )
-
-    _check_name = field_validator("name")(_device_id)
 
     @field_validator("adapter")
     @classmethod

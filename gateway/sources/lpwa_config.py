@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 from hw.lpwa.modules import MODULES, P2PRadio
 from hw.lpwa.profile import Profile, ProfileError, builtin_profiles, load_profile_dir
 from kakehashi.errors import ConfigError
-from kakehashi.identity import IdentityError, validate_id
+from kakehashi.fields import Identifier
 
 __all__ = [
     "JP_920_MAX_HZ",
@@ -74,17 +74,9 @@ class LpwaDeviceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str
+    id: Identifier
     sender: str = Field(description="radio sender id (4 hex digits), or the payload id field in hex")
     profile: str
-
-    @field_validator("id")
-    @classmethod
-    def _valid_id(cls, value: str) -> str:
-        try:
-            return validate_id(value)
-        except IdentityError as exc:
-            raise ValueError(exc.message) from None
 
     @field_validator("sender")
     @classmethod

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 
 from hw.modbus.model import DeviceProfile
 from hw.modbus.profile import ProfileError, load_profile
-from kakehashi.identity import IdentityError, validate_id
+from kakehashi.fields import Identifier
 
 __all__ = [
     "ModbusBusConfig",
@@ -43,19 +43,11 @@ class ModbusDeviceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(description="device id, e.g. em-0001 (lowercase letters, digits, '-')")
+    id: Identifier = Field(description="device id, e.g. em-0001 (lowercase letters, digits, '-')")
     unit: int = Field(ge=1, le=247, description="Modbus device id (slave address) 1..247")
     profile: str = Field(description="a profile name from hw/modbus/profiles (e.g. sdm120) or a path to a .toml")
     poll_interval_s: float | None = Field(default=None, gt=0, le=86400, description="override the profile's")
     points: tuple[str, ...] | None = Field(default=None, description="read only these points (default: all)")
-
-    @field_validator("id")
-    @classmethod
-    def _valid_id(cls, value: str) -> str:
-        try:
-            return validate_id(value)
-        except IdentityError as exc:
-            raise ValueError(exc.message) from None
 
     @field_validator("profile")
     @classmethod

@@ -28,7 +28,7 @@ from gateway.sources.base import ReadingSink, SourceHealth
 from kakehashi import wire
 from kakehashi.backoff import Backoff
 from kakehashi.errors import ConfigError
-from kakehashi.identity import validate_id
+from kakehashi.fields import Identifier
 from kakehashi.log import get_logger
 from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
 from kakehashi.mqtt_link import LinkError, MqttLink, Received
@@ -39,12 +39,7 @@ log = get_logger(__name__)
 class BoundNode(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(description="the node's id, as in its certificate (e.g. wl-0007)")
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        return validate_id(value)
+    id: Identifier = Field(description="the node's id, as in its certificate (e.g. wl-0007)")
 
 
 class NodesSourceConfig(BaseModel):

@@ -13,12 +13,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.live_settings import apply_settings, in_range
 from gateway.model import ClockQuality, Reading
 from gateway.sources.base import ReadingSink, SourceHealth
-from kakehashi.identity import validate_id
+from kakehashi.fields import Identifier
 
 
 class SyntheticSourceConfig(BaseModel):
@@ -27,15 +27,10 @@ class SyntheticSourceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "synthetic"
-    devices: list[str] = Field(min_length=1, description="device ids, e.g. ['sim-0001']")
+    devices: list[Identifier] = Field(min_length=1, description="device ids, e.g. ['sim-0001']")
     rate_per_s: float = Field(default=10.0, gt=0, le=1_000_000, description="readings per second over all devices")
     batch: int = Field(default=100, ge=1, le=10_000, description="readings per submit")
     limit: int | None = Field(default=None, ge=1, description="stop after this many readings (benchmarks)")
-
-    @field_validator("devices")
-    @classmethod
-    def _ids(cls, value: list[str]) -> list[str]:
-        return [validate_id(item) for item in value]
 
 
 class SyntheticSource:
