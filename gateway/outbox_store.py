@@ -159,14 +159,22 @@ class OutboxStore:
         if str(mode).lower() != "wal":
             raise OutboxError(f"the outbox {path} cannot use WAL mode (got {mode}): put it on a local filesystem")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
-        for key in _COUNTERS:
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, 1 if key == "next_seq" else 0))
-        row = self._db.execute("SELECT COALESCE(SUM(length(payload)), 0), COALESCE(MAX(seq), 0) FROM outbox").fetchone()
+        # Schema and counters appear in one transaction: a reader never sees the tables without their rows.
+        self._db.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}")
+        try:
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            for key in _COUNTERS:
+                self._db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, 1 if key == "next_seq" else 0))
+            row = self._db.execute(
+                "SELECT COALESCE(SUM(length(payload)), 0), COALESCE(MAX(seq), 0) FROM outbox"
+            ).fetchone()
+            # Never reuse a sequence number, even if meta was somehow behind the table.
+            self._db.execute("UPDATE meta SET value = MAX(value, ?) WHERE key = 'next_seq'", (int(row[1]) + 1,))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
         self._bytes_used = int(row[0])
-        # Never reuse a sequence number, even if meta was somehow behind the table.
-        self._db.execute("UPDATE meta SET value = MAX(value, ?) WHERE key = 'next_seq'", (int(row[1]) + 1,))
         self._next_seq = self._meta("next_seq")
 
     def _meta(self, key: str) -> int:
