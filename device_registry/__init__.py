@@ -20,6 +20,9 @@ from device_registry.errors import (
 from device_registry.lifecycle import WATCH_TAG, State
 from device_registry.migrations import HEAD, MigrationReport, migrate
 from device_registry.models import (
+    ApiPrincipal,
+    ApiRole,
+    ApiToken,
     AuditEntry,
     Certificate,
     Completeness,
@@ -32,6 +35,8 @@ from device_registry.models import (
     Location,
     Organisation,
     Page,
+    Presence,
+    PresenceChange,
     PurgeResult,
     Received,
     SeqRange,
@@ -46,6 +51,9 @@ __all__ = [
     "HEAD",
     "WATCH_TAG",
     "AlreadyExists",
+    "ApiPrincipal",
+    "ApiRole",
+    "ApiToken",
     "AuditEntry",
     "Certificate",
     "Completeness",
@@ -63,6 +71,8 @@ __all__ = [
     "NotFound",
     "Organisation",
     "Page",
+    "Presence",
+    "PresenceChange",
     "PurgeResult",
     "Received",
     "Registry",

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from device_registry.database import reading, writing
 from device_registry.errors import SchemaMismatch
-from device_registry.schema import APPLICATION_TABLES, schema_version
+from device_registry.schema import VERSION_1_TABLES, api_tokens, presence, schema_version
 
 __all__ = ["HEAD", "MIGRATIONS", "Migration", "MigrationReport", "check_schema", "current_version", "migrate"]
 
@@ -40,8 +40,13 @@ class Migration:
 
 
 def _create_tables(conn: Connection) -> None:
-    for table in APPLICATION_TABLES:
+    for table in VERSION_1_TABLES:
         table.create(conn)
+
+
+def _create_presence_and_api_tokens(conn: Connection) -> None:
+    presence.create(conn)
+    api_tokens.create(conn)
 
 
 _SQLITE_AUDIT_GUARD: Final = (
@@ -70,6 +75,7 @@ def _guard_audit_log(conn: Connection) -> None:
 MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "registry tables", _create_tables),
     Migration(2, "append-only audit log", _guard_audit_log),
+    Migration(3, "gateway presence and API tokens", _create_presence_and_api_tokens),
 )
 HEAD: Final = MIGRATIONS[-1].version
 """The schema version this software needs."""

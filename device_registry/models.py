@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Generic, NamedTuple, TypeVar
 
 from device_registry.lifecycle import WATCH_TAG, Role, State
@@ -271,3 +272,57 @@ class AuditEntry:
     entity_id: str | None
     reason: str
     detail: JSONObject = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """Whether a gateway is connected: from its status messages, last will and the heartbeat time-out."""
+
+    gateway_id: str
+    online: bool
+    changed_at: float
+    """When ``online`` last changed (epoch seconds, the agent's clock)."""
+    last_seen: float
+    """When the agent last heard from the gateway (status, heartbeat or any uplink)."""
+    reason: str
+    """Why: ``connected``, ``heartbeat``, ``shutdown``, ``will`` or ``heartbeat_timeout``."""
+    health: JSONObject = field(default_factory=dict)
+    """The health document of the gateway's newest status message."""
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChange:
+    """The outcome of a status message: the presence after it, and whether the gateway came online by it."""
+
+    presence: Presence
+    came_online: bool
+    went_offline: bool
+
+
+class ApiRole(StrEnum):
+    """What an API token may do (see :mod:`device_registry.access`)."""
+
+    ADMIN = "admin"
+    ASSET_MANAGER = "asset-manager"
+    VIEWER = "viewer"
+    CITY_OS = "city-os"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """An API token as listed (the secret itself is never stored)."""
+
+    name: str
+    role: ApiRole
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiPrincipal:
+    """Who an API request acts as: the token's name (the audit log's actor) and role."""
+
+    name: str
+    role: ApiRole

@@ -17,6 +17,7 @@ from typing import Final, Self
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from device_registry import (
+    access,
     audit,
     certificates,
     completeness,
@@ -24,6 +25,7 @@ from device_registry import (
     ingest,
     inventory,
     listing,
+    presence,
     readings,
     retention,
     traffic,
@@ -37,6 +39,9 @@ from device_registry.lifecycle import WATCH_TAG, State
 from device_registry.migrations import check_schema
 from device_registry.migrations import migrate as run_migrations
 from device_registry.models import (
+    ApiPrincipal,
+    ApiRole,
+    ApiToken,
     AuditEntry,
     Certificate,
     Completeness,
@@ -49,6 +54,8 @@ from device_registry.models import (
     Location,
     Organisation,
     Page,
+    Presence,
+    PresenceChange,
     PurgeResult,
     Received,
     StoredReading,
@@ -581,6 +588,32 @@ class Registry:
         async with writing(self.engine) as conn:
             return await ingest.ingest(conn, gateway_id, messages, now=now)
 
+    async def ingest_many(
+        self,
+        batches: Sequence[tuple[str, Sequence[Received | tuple[int, float, Sequence[wire.Reading]]]]],
+        *,
+        seen: Mapping[str, float] | None = None,
+    ) -> list[IngestResult]:
+        """Store readings messages of several gateways in ONE transaction (the agent's batched write path).
+
+        ``batches`` pairs a gateway id with its messages; results come back in the same order. ``seen`` refreshes
+        the gateways' ``last_seen`` (see :mod:`device_registry.presence`) in the same transaction. Any refusal
+        (an unknown gateway, an invalid sequence number) rolls the whole transaction back and is raised: the caller
+        then retries gateway by gateway with :meth:`ingest_readings` so that one bad gateway cannot hold up the rest.
+        Gateways are written in id order so that concurrent agents take row locks in one order.
+        """
+        order = sorted(range(len(batches)), key=lambda index: batches[index][0])
+        results: list[IngestResult | None] = [None] * len(batches)
+        now = self._now()
+        async with writing(self.engine) as conn:
+            for index in order:
+                gateway_id, batch = batches[index]
+                messages = [item if isinstance(item, Received) else Received(*item) for item in batch]
+                results[index] = await ingest.ingest(conn, gateway_id, messages, now=now)
+            if seen:
+                await presence.touch(conn, seen)
+        return [result for result in results if result is not None]
+
     async def mark_received(self, gateway_id: str, seq: int, *, channel: str, received_at: float | None = None) -> bool:
         """Count an uplink message of another channel (events, acks) for dedupe and completeness; True if new."""
         validation.code(channel, "channel")
@@ -653,6 +686,104 @@ class Registry:
                 detail={"readings": result.readings, "latest": result.latest, "messages": result.messages},
             )
         return result
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Presence
+
+    async def record_status(
+        self, gateway_id: str, status: wire.StatusMessage, *, received_at: float | None = None
+    ) -> PresenceChange:
+        """Record a status message (or last will) received at ``received_at``; refused unless the gateway may talk.
+
+        A status is an authenticated message: it makes a provisioned gateway active.
+        """
+        now = self._now()
+        at = self._received(received_at)
+        async with writing(self.engine) as conn:
+            admission = await traffic.admit(conn, gateway_id, now=now)
+            if not admission.accepted:
+                raise TrafficRefused(f"gateway {gateway_id} is {admission.gateway.state}: its status is refused")
+            return await presence.record_status(
+                conn,
+                gateway_id,
+                online=status.state is wire.StatusState.ONLINE,
+                reason=status.reason.value,
+                health=status.health,
+                now=at,
+            )
+
+    async def expire_presence(self, timeout_s: float, *, now: float | None = None) -> list[str]:
+        """Mark offline the online gateways silent for ``timeout_s`` seconds; returns their ids."""
+        if not timeout_s > 0:
+            raise InvalidInput(f"heartbeat time-out {timeout_s} s must be more than zero")
+        at = self._received(now)
+        async with writing(self.engine) as conn:
+            return await presence.expire(conn, now=at, timeout_s=timeout_s)
+
+    async def get_presence(self, gateway_id: str) -> Presence | None:
+        """The gateway's presence, or None if the agent never heard from it."""
+        async with reading(self.engine) as conn:
+            await inventory.entity(conn, gateway_id, role="gateway")
+            return await presence.get(conn, gateway_id)
+
+    async def presence_of(self, gateway_ids: Sequence[str]) -> dict[str, Presence]:
+        """Presence of several gateways (those never heard from are missing)."""
+        async with reading(self.engine) as conn:
+            return await presence.of_gateways(conn, sorted(set(gateway_ids)))
+
+    # ------------------------------------------------------------------------------------------------------------
+    # API tokens
+
+    async def create_api_token(
+        self, name: str, role: ApiRole | str, *, actor: str, ttl: timedelta | None = None
+    ) -> tuple[str, ApiToken]:
+        """A new API token for ``name`` with ``role``; the secret is returned once and stored only hashed."""
+        access.check_name(name)
+        checked = access.check_role(role)
+        audit.check_actor(actor)
+        now = self._now()
+        async with writing(self.engine) as conn:
+            secret, token = await access.create(conn, name, checked, ttl=ttl, actor=actor, now=now)
+            await audit.append(
+                conn,
+                at=now,
+                actor=actor,
+                action="api_token.created",
+                entity_id=None,
+                reason=f"API token {name} ({checked.value}) created",
+                detail={
+                    "name": name,
+                    "role": checked.value,
+                    "expires_at": None if token.expires_at is None else token.expires_at.isoformat(),
+                },
+            )
+        return secret, token
+
+    async def authenticate_api_token(self, secret: str) -> ApiPrincipal:
+        """Who ``secret`` belongs to, or :class:`TokenRefused` saying why not."""
+        now = self._now()
+        async with reading(self.engine) as conn:
+            return await access.authenticate(conn, secret, now=now)
+
+    async def revoke_api_token(self, name: str, *, actor: str, reason: str) -> ApiToken:
+        audit.check_reason(reason)
+        now = self._now()
+        async with writing(self.engine) as conn:
+            token = await access.revoke(conn, name, now=now)
+            await audit.append(
+                conn,
+                at=now,
+                actor=actor,
+                action="api_token.revoked",
+                entity_id=None,
+                reason=reason,
+                detail={"name": name},
+            )
+        return token
+
+    async def list_api_tokens(self) -> list[ApiToken]:
+        async with reading(self.engine) as conn:
+            return await access.listing(conn)
 
     # ------------------------------------------------------------------------------------------------------------
     # Audit

@@ -233,5 +233,37 @@ audit_log: Final = sa.Table(
 )
 """Append-only (the database refuses UPDATE, DELETE and, on PostgreSQL, TRUNCATE: see migration 2)."""
 
+presence: Final = sa.Table(
+    "presence",
+    metadata,
+    sa.Column("gateway_id", EntityId, sa.ForeignKey("entities.id"), primary_key=True),
+    sa.Column("online", sa.Boolean, nullable=False),
+    sa.Column("changed_at", sa.Double, nullable=False),
+    sa.Column("last_seen", sa.Double, nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("health", JsonDocument, nullable=False),
+    sa.Index(None, "online", "last_seen"),
+)
+"""Whether each gateway is connected, from its status messages, last will and heartbeat time-out (epoch seconds)."""
+
+api_tokens: Final = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("token_sha256", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("expires_at", UtcDateTime),
+    sa.Column("revoked_at", UtcDateTime),
+    sa.Index(None, "name", unique=True),
+)
+"""Bearer tokens of the HTTPS API, stored only hashed; ``name`` is the person or system the audit log names."""
+
+VERSION_1_TABLES: Final = tuple(
+    table for table in metadata.sorted_tables if table not in (schema_version, presence, api_tokens)
+)
+"""The tables migration 1 creates (the schema of the first release)."""
+
 APPLICATION_TABLES: Final = tuple(table for table in metadata.sorted_tables if table is not schema_version)
 """Every table except ``schema_version`` (which the migration runner owns), in dependency order."""
