@@ -24,6 +24,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("gateway.cli:gateway", "the Raspberry Pi gateway service: run, outbox"),
     "bench": ("kakehashi.bench_cli:bench", "run a benchmark: kakehashi bench <name> --json"),
     "demo": ("kakehashi.demo:demo", "run the whole system on this machine with simulated hardware"),
+    "agent": ("cloud_agent.cli:agent", "the cloud agent service: run, API tokens"),
+    "device": ("cloud_agent.device_cli:device", "devices and gateways through the agent's HTTPS API"),
 }
 
 
