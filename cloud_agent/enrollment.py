@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cloud_agent.pki.authority import CertificateAuthority, CertRecord
 from cloud_agent.pki.csr import describe_key, parse_csr, subject_cn
 from cloud_agent.pki.errors import PkiError
-from device_registry import NotFound, Registry, State, TokenRefused
+from device_registry import InvalidInput, NotFound, Registry, State, TokenRefused
 from kakehashi.errors import KakehashiError
 from kakehashi.identity import IdentityError, Role, validate_id
 from kakehashi.log import get_logger
@@ -345,7 +345,17 @@ async def _issue_and_record(
     renew: bool,
 ) -> EnrollmentResult:
     record = await asyncio.to_thread(_issue, authority, request, gateway_id, renew=renew)
-    await registry.record_certificate(gateway_id, record.serial_hex, record.not_after, actor=gateway_id)
+    try:
+        await registry.record_certificate(gateway_id, record.serial_hex, record.not_after, actor=gateway_id)
+    except InvalidInput:
+        # decommissioned while the CA was signing: the new certificate must not outlive the gateway
+        if (await registry.get_gateway(gateway_id)).state is not State.DECOMMISSIONED:
+            raise
+        await asyncio.to_thread(authority.revoke, gateway_id, "cessation_of_operation")
+        raise GatewayConflict(
+            f"gateway {gateway_id} was decommissioned during enrollment; its certificates are revoked",
+            reason="gateway_decommissioned",
+        ) from None
     certificate_pem = await asyncio.to_thread(record.certificate_path.read_text)
     bundle = await asyncio.to_thread(authority.trust_bundle_path.read_text)
     chain = authority.issuing_certificate.public_bytes(serialization.Encoding.PEM).decode()
@@ -433,7 +443,7 @@ async def renew(
             )
         request = check_gateway_csr(csr_pem, gateway_id)
         _verify_possession(current, request, proof)
-        await _check_renewable(registry, gateway_id)
+        await _check_renewable(registry, gateway_id, current)
         if _public_der(request.public_key()) == _public_der(current.public_key()):
             raise CsrRefused(
                 f"the CSR reuses the current key: renewal needs a new key; {_REMAKE}", reason="csr_key_reused"
@@ -460,7 +470,7 @@ async def renew(
     return result
 
 
-async def _check_renewable(registry: Registry, gateway_id: str) -> None:
+async def _check_renewable(registry: Registry, gateway_id: str, current: x509.Certificate) -> None:
     try:
         gateway = await registry.get_gateway(gateway_id)
     except NotFound:
@@ -468,6 +478,14 @@ async def _check_renewable(registry: Registry, gateway_id: str) -> None:
             f"gateway {gateway_id} is not in the registry: ask an asset manager to register it, then enroll",
             reason="gateway_not_enrolled",
         ) from None
+    serial = format(current.serial_number, "x")
+    for known in await registry.certificates(gateway_id):
+        if known.serial == serial and known.status == "revoked":
+            # revoked in the registry (decommission, replaced hardware) even if the CA has not caught up yet
+            raise CertificateRefused(
+                f"the current certificate (serial {serial}) was revoked ({known.revocation_reason}); {_RENROLL}",
+                reason="certificate_revoked",
+            )
     if gateway.state is State.SUSPENDED:
         raise GatewayConflict(
             f"gateway {gateway_id} is suspended: an asset manager must resume it before it can renew",

@@ -348,3 +348,12 @@ async def test_a_certificate_from_another_ca_is_untrusted(
     key, certificate = current_identity(foreign, GW, remaining=timedelta(days=10))
     _, body = renewal_body(GW, key, certificate)
     refusal(await http.post("/v1/enroll/renew", json=body), 401, "certificate_untrusted")
+
+
+async def test_a_certificate_revoked_in_the_registry_cannot_renew_before_the_ca_catches_up(
+    registry: Registry, ca: CertificateAuthority, http: httpx.AsyncClient
+) -> None:
+    key, current = await provisioned(registry, ca, GW, remaining=timedelta(days=10))
+    await registry.revoke_certificate(format(current.serial_number, "x"), actor="alice", reason="hardware stolen")
+    _, body = renewal_body(GW, key, current)
+    assert "hardware stolen" in refusal(await http.post("/v1/enroll/renew", json=body), 401, "certificate_revoked")
