@@ -524,6 +524,11 @@ class Registry:
             await inventory.entity(conn, gateway_id, role="gateway")
             return await twin.pending(conn, gateway_id)
 
+    async def gateways_with_pending_desired(self) -> list[str]:
+        """Gateways with desired deltas they have not yet reported as applied."""
+        async with reading(self.engine) as conn:
+            return await twin.gateways_with_pending(conn)
+
     async def merge_reported(
         self,
         gateway_id: str,
@@ -649,6 +654,52 @@ class Registry:
             ):
                 return 0
             return await completeness.record(conn, gateway_id, checked, now)
+
+    async def record_events(
+        self,
+        gateway_id: str,
+        seq: int,
+        events: Sequence[wire.GapReport | wire.Event],
+        *,
+        received_at: float | None = None,
+    ) -> int:
+        """Record one events message exactly once: its gap reports for completeness, its other events in the audit
+        log (actor = the gateway, action ``event.<kind>``). Returns how many items were new (0 for a repeat)."""
+        gaps = [
+            completeness.check_gap(GapRecord(e.from_seq, e.to_seq, e.count, e.reason))
+            for e in events
+            if isinstance(e, wire.GapReport)
+        ]
+        others = [e for e in events if isinstance(e, wire.Event)]
+        now = self._now()
+        async with writing(self.engine) as conn:
+            admission = await traffic.admit(conn, gateway_id, now=now)
+            if not admission.accepted:
+                raise TrafficRefused(f"gateway {gateway_id} is {admission.gateway.state}: its events are refused")
+            if not await traffic.claim_one(
+                conn, admission.gateway, validation.sequence_number(seq, "seq"), self._received(received_at), "events"
+            ):
+                return 0
+            new = await completeness.record(conn, gateway_id, gaps, now) if gaps else 0
+            named = {e.device_id for e in others if e.device_id is not None}
+            tags = {i for i, row in (await inventory.entities_by_id(conn, named)).items() if row.kind == WATCH_TAG}
+            for event in others:
+                detail: JSONObject = {"kind": event.kind, "at": event.at, "seq": seq, "attrs": event.attrs}
+                if event.device_id in tags:  # watch tags are personal data: the audit log cannot forget them
+                    event = wire.Event(event.kind, event.at, None, {})
+                    detail = {"kind": event.kind, "at": event.at, "seq": seq, "device_kind": WATCH_TAG}
+                elif event.device_id is not None:
+                    detail["device"] = event.device_id
+                await audit.append(
+                    conn,
+                    at=now,
+                    actor=gateway_id,
+                    action=f"event.{event.kind}"[:64],
+                    entity_id=event.device_id or gateway_id,
+                    reason=f"gateway {gateway_id} reported {event.kind}",
+                    detail=detail,
+                )
+            return new + len(others)
 
     async def completeness(self, gateway_id: str) -> Completeness:
         async with reading(self.engine) as conn:

@@ -122,6 +122,18 @@ async def pending(conn: AsyncConnection, gateway_id: str) -> list[DesiredDelta]:
     ]
 
 
+async def gateways_with_pending(conn: AsyncConnection) -> list[str]:
+    """Gateways that have desired deltas above the version they last reported."""
+    stmt = (
+        sa.select(desired_deltas.c.gateway_id)
+        .join(twins, twins.c.entity_id == desired_deltas.c.gateway_id)
+        .where(desired_deltas.c.version > twins.c.reported_version)
+        .distinct()
+        .order_by(desired_deltas.c.gateway_id)
+    )
+    return [str(gateway_id) for gateway_id in (await conn.scalars(stmt)).all()]
+
+
 async def merge_reported(
     conn: AsyncConnection, gateway_id: str, version: int, state: JSONObject, *, now: datetime
 ) -> ReportResult:

@@ -68,12 +68,19 @@ class Received:
     retain: bool
 
 
-def _properties(packet: int, content_type: str | None = None, session_expiry_s: int | None = None) -> Properties:
+def _properties(
+    packet: int,
+    content_type: str | None = None,
+    session_expiry_s: int | None = None,
+    receive_maximum: int | None = None,
+) -> Properties:
     props = Properties(packet)  # type: ignore[no-untyped-call]
     if content_type is not None:
         props.ContentType = content_type
     if session_expiry_s is not None:
         props.SessionExpiryInterval = session_expiry_s
+    if receive_maximum is not None:
+        props.ReceiveMaximum = receive_maximum
     return props
 
 
@@ -97,6 +104,7 @@ class MqttLink:
         connect_timeout_s: float = 10.0,
         max_inflight: int = 256,
         manual_ack: bool = False,
+        receive_maximum: int | None = None,
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.endpoint = endpoint
@@ -105,6 +113,7 @@ class MqttLink:
         self._keepalive = keepalive_s
         self._clean_start = clean_start
         self._session_expiry = session_expiry_s
+        self._receive_maximum = receive_maximum
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._subacks: dict[int, asyncio.Future[list[int]]] = {}
@@ -198,7 +207,9 @@ class MqttLink:
     async def __aenter__(self) -> MqttLink:
         self._loop = asyncio.get_running_loop()
         self._connack = self._loop.create_future()
-        props = _properties(PacketTypes.CONNECT, session_expiry_s=self._session_expiry or None)
+        props = _properties(
+            PacketTypes.CONNECT, session_expiry_s=self._session_expiry or None, receive_maximum=self._receive_maximum
+        )
         try:
             await asyncio.wait_for(
                 asyncio.to_thread(

@@ -138,6 +138,22 @@ class PostgresCluster:
         self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
         self.remove()
 
+    def halt(self) -> None:
+        """Stop the server the hard way (as a crash would), keeping its data for :meth:`resume`."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the halted server again on the same port."""
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        started = self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "postgres.log"),
+            "-w", "-t", "30", "start",
+        )  # fmt: skip
+        assert started.returncode == 0, started.stderr
+
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from cloud_agent.pki.authority import CertificateAuthority
 from cloud_agent.pki.errors import PkiError
@@ -150,6 +151,31 @@ def issue(directory: Path, role_name: str, identity: str, csr_path: Path, out_pa
         ]
     )
     click.echo(f"Install {out_path.name} and {ca.trust_bundle_path.name} beside the key on the device.")
+
+
+@pki.command("issue-server")
+@_dir_option
+@click.option("--name", required=True, help="Service name (the CN), e.g. agent-1.")
+@click.option("--host", "hosts", required=True, multiple=True, help="Host name or IP it answers on (repeatable).")
+@click.option("--key", "key_path", required=True, type=click.Path(path_type=Path), help="Where to write the key.")
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="Certificate to write.")
+def issue_server(directory: Path, name: str, hosts: tuple[str, ...], key_path: Path, out_path: Path) -> None:
+    """Make a key here and issue a TLS server certificate for a service (the agent's HTTPS API)."""
+    validate_id(name)
+    ca = CertificateAuthority.open(directory)
+    if key_path.exists():
+        raise FileError(f"key file {key_path} already exists; refusing to overwrite it (choose another --key)")
+    _check_output(key_path, "key file")
+    _check_output(out_path, "certificate")
+    key = generate_private_key()
+    record = ca.issue_server(make_csr(key, name), name, list(hosts))
+    write_private_key(key_path, key)
+    write_public_file(
+        out_path, record.certificate_path.read_bytes() + ca.issuing_certificate.public_bytes(Encoding.PEM)
+    )
+    click.echo(f"issued a TLS server certificate for {name} ({', '.join(hosts)})")
+    ui.print_kv([("serial", record.serial_hex), ("not after", _when(record.not_after)), ("certificate", out_path)])
+    click.echo(f"Clients verify it with the trust bundle {ca.trust_bundle_path}.")
 
 
 @pki.command()
