@@ -198,6 +198,7 @@ plain_text = st.text(st.characters(blacklist_categories=("Cc", "Cs", "Z")), min_
 def device_rows(draw: st.DrawFn) -> DeviceRow:
     tag = draw(st.booleans())
     where = draw(st.none() | coordinates)
+    latitude, longitude = (None, None) if where is None else where
     place = draw(st.none() | plain_text)
     return DeviceRow(
         row=2,
@@ -208,7 +209,7 @@ def device_rows(draw: st.DrawFn) -> DeviceRow:
         gateway=draw(st.none() | ids),
         hardware_serial=draw(st.none() | plain_text),
         owner=draw(st.none() | plain_text),
-        location=None if where is None and place is None else Location(*(where or (None, None)), place),
+        location=None if where is None and place is None else Location(latitude, longitude, place),
         labels=draw(st.dictionaries(label_keys, label_values, max_size=5)),
         consent=draw(st.booleans()) if tag else None,
         retention=draw(days) if tag else draw(st.none() | days),

@@ -95,7 +95,7 @@ async def publish_and_receive(broker: RunningBroker, fleet: Fleet, identity: Tls
             with contextlib.suppress(aiomqtt.MqttError):
                 async for message in agent.messages:
                     if not received.done():
-                        received.set_result(bytes(message.payload))  # type: ignore[arg-type]
+                        received.set_result(bytes(message.payload))
 
         task = asyncio.create_task(pump())
         try:
