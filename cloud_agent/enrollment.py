@@ -252,6 +252,12 @@ def _authenticate(authority: CertificateAuthority, certificate: x509.Certificate
         return authority.verify_client(certificate, now=now)
     except PkiError as exc:
         match exc.reason:
+            case "expired" if now < certificate.not_valid_before_utc:
+                raise CertificateRefused(
+                    f"the current certificate is not valid before {certificate.not_valid_before_utc.isoformat()}: "
+                    "check the clocks of the Pi and the agent, then retry",
+                    reason="certificate_expired",
+                ) from None
             case "expired":
                 raise CertificateRefused(
                     f"{exc.message.removesuffix('; renew it')}: an expired certificate cannot renew itself; {_RENROLL}",

@@ -357,3 +357,12 @@ async def test_a_certificate_revoked_in_the_registry_cannot_renew_before_the_ca_
     await registry.revoke_certificate(format(current.serial_number, "x"), actor="alice", reason="hardware stolen")
     _, body = renewal_body(GW, key, current)
     assert "hardware stolen" in refusal(await http.post("/v1/enroll/renew", json=body), 401, "certificate_revoked")
+
+
+async def test_a_certificate_not_yet_valid_points_at_the_clocks(
+    registry: Registry, ca: CertificateAuthority, http: httpx.AsyncClient
+) -> None:
+    await registered(registry, GW)
+    key, future = current_identity(ca, GW, remaining=timedelta(days=400))
+    _, body = renewal_body(GW, key, future)
+    assert "clocks" in refusal(await http.post("/v1/enroll/renew", json=body), 401, "certificate_expired")
