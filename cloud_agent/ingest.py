@@ -104,6 +104,7 @@ class UplinkIngest:
         """Store ``deliveries`` and then acknowledge every one of them, in the order received."""
         started = time.perf_counter()
         readings: dict[str, list[Received]] = {}
+        formed_at: list[float] = []
         seen: dict[str, float] = {}
         others: list[tuple[str, wire.Channel, object, float]] = []
         for delivery in deliveries:
@@ -117,10 +118,13 @@ class UplinkIngest:
                 readings.setdefault(gateway_id, []).append(
                     Received(message.seq, delivery.received_at, message.readings)
                 )
+                formed_at.append(message.sent_at)
             else:
                 others.append((gateway_id, channel, message, delivery.received_at))
         if readings or seen:
             await self._store_readings(readings, seen)
+            committed = time.time()
+            self._metrics.stored_latency_ms.extend((committed - at) * 1000 for at in formed_at)
         for gateway_id, _channel, message, received_at in others:
             await self._store_other(gateway_id, message, received_at)
         for delivery in deliveries:

@@ -6,10 +6,16 @@ Plain integers bumped on the event loop (one thread), read by ``GET /v1/agent/me
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from kakehashi.wire import JSONObject
+
+LATENCY_WINDOW = 100_000
+
+
+def _percentile(ordered: list[float], fraction: float) -> float:
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 @dataclass
@@ -35,6 +41,20 @@ class AgentMetrics:
     desired_sent: int = 0
     crl_published: int = 0
     last_batch_ms: float = 0.0
+    stored_latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    """For the newest readings messages: commit time minus the message's ``ts`` (when the gateway formed it), so
+    it includes time spent in the gateway's outbox and assumes synchronised clocks."""
+
+    def latency(self) -> JSONObject:
+        ordered = sorted(self.stored_latency_ms)
+        if not ordered:
+            return {"samples": 0}
+        return {
+            "samples": len(ordered),
+            "p50_ms": round(_percentile(ordered, 0.50), 2),
+            "p99_ms": round(_percentile(ordered, 0.99), 2),
+            "max_ms": round(ordered[-1], 2),
+        }
 
     def snapshot(self) -> JSONObject:
         return {
@@ -54,4 +74,5 @@ class AgentMetrics:
             "desired_sent": self.desired_sent,
             "crl_published": self.crl_published,
             "last_batch_ms": round(self.last_batch_ms, 2),
+            "stored_latency": self.latency(),
         }

@@ -18,172 +18,39 @@ from __future__ import annotations
 
 import itertools
 import os
-import pwd
-import re
-import shutil
-import socket
-import subprocess
-import tempfile
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import pytest
 
+from bench.pg_cluster import PostgresCluster as _Cluster
+from bench.pg_cluster import PostgresUnavailable
 from device_registry import WATCH_TAG, NotFound, Registry, State
 from device_registry.database import open_registry
 from device_registry.migrations import migrate
 from kakehashi import wire
 
-INSTALL_HINT = "PostgreSQL server binaries (initdb, pg_ctl) not found: run `sudo apt-get install -y postgresql`"
 TEMPLATE = "registry_template"
 BACKENDS = ("sqlite", "postgresql")
 
 
-def _version_key(path: Path) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", path.parent.name)) or (0,)
+class PostgresCluster(_Cluster):
+    """The session's cluster: a migrated template database, copied for each test."""
 
-
-def find_bindir() -> Path | None:
-    """Where initdb and pg_ctl are: $KAKEHASHI_PG_BINDIR, the PATH, or Debian's /usr/lib/postgresql/<v>/bin."""
-    candidates: list[Path] = []
-    if configured := os.environ.get("KAKEHASHI_PG_BINDIR"):
-        candidates.append(Path(configured))
-    if on_path := shutil.which("pg_ctl"):
-        candidates.append(Path(on_path).resolve().parent)
-    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True)
-    for candidate in candidates:
-        if (candidate / "initdb").is_file() and (candidate / "pg_ctl").is_file():
-            return candidate
-    return None
-
-
-def _scratch_dir() -> str | None:
-    """Memory-backed /dev/shm when there is room (creating a database copies ~300 files: 0.3 s on this VM's disk, 0.01 s
-    in memory), else the default temporary directory."""
-    shm = Path("/dev/shm")
-    try:
-        roomy = shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 2**30
-    except OSError:
-        roomy = False
-    return str(shm) if roomy else None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class PostgresCluster:
-    """A running throw-away cluster; ``url(name)`` is the registry URL of one of its databases."""
-
-    bindir: Path
-    root: Path
-    port: int = 0
-    run_as: dict[str, Any] = field(default_factory=dict)
-    template_ready: bool = False
-    _names: Iterator[int] = field(default_factory=itertools.count)
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(args, capture_output=True, text=True, timeout=60, check=False, **self.run_as)
-
-    @classmethod
-    def start(cls) -> PostgresCluster:
-        bindir = find_bindir()
-        if bindir is None:
-            pytest.fail(INSTALL_HINT, pytrace=False)
-        root = Path(tempfile.mkdtemp(prefix="kakehashi-pg-", dir=_scratch_dir()))
-        run_as: dict[str, Any] = {}
-        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-            try:
-                account = pwd.getpwnam("postgres")
-            except KeyError:
-                pytest.fail("running as root and there is no user 'postgres' to run PostgreSQL as", pytrace=False)
-            os.chown(root, account.pw_uid, account.pw_gid)
-            run_as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": [], "cwd": root}
-        cluster = cls(bindir=bindir, root=root, run_as=run_as)
-        initdb = cluster._run(
-            str(bindir / "initdb"), "-D", str(cluster.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-            "--locale=C", "--no-sync", "--no-instructions",
-        )  # fmt: skip
-        if initdb.returncode != 0:
-            cluster.remove()
-            pytest.fail(f"initdb failed: {initdb.stderr.strip()}", pytrace=False)
-        for _attempt in range(5):  # another program may take the port between the probe and the start
-            cluster.port = _free_port()
-            options = (
-                f"-p {cluster.port} -k {root} -c listen_addresses=127.0.0.1 "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-            )
-            started = cluster._run(
-                str(bindir / "pg_ctl"), "-D", str(cluster.data), "-o", options, "-l", str(root / "postgres.log"),
-                "-w", "-t", "30", "start",
-            )  # fmt: skip
-            if started.returncode == 0:
-                return cluster
-        log = (root / "postgres.log").read_text(errors="replace")[-2000:]
-        cluster.remove()
-        pytest.fail(f"PostgreSQL did not start: {started.stderr.strip()}\n{log}", pytrace=False)
-
-    def stop(self) -> None:
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        self.remove()
-
-    def halt(self) -> None:
-        """Stop the server the hard way (as a crash would), keeping its data for :meth:`resume`."""
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
-
-    def resume(self) -> None:
-        """Start the halted server again on the same port."""
-        options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
-        started = self._run(
-            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "postgres.log"),
-            "-w", "-t", "30", "start",
-        )  # fmt: skip
-        assert started.returncode == 0, started.stderr
-
-    def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def url(self, database: str) -> str:
-        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
-
-    async def _admin(self, statement: str) -> None:
-        conn = await asyncpg.connect(host="127.0.0.1", port=self.port, user="postgres", database="postgres")
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    async def create_database(self, *, migrated: bool) -> str:
+    async def create_registry_database(self, *, migrated: bool) -> str:
         """A new database, empty or a copy of the migrated template."""
         if migrated and not self.template_ready:
-            await self._admin(f"CREATE DATABASE {TEMPLATE}")
+            await self.create_database(TEMPLATE)
             engine = open_registry(self.url(TEMPLATE))
             try:
                 await migrate(engine)
             finally:
                 await engine.dispose()
             self.template_ready = True
-        name = f"test_{os.getpid()}_{next(self._names)}"
-        template = f" TEMPLATE {TEMPLATE} STRATEGY FILE_COPY" if migrated else ""
-        await self._admin(f"CREATE DATABASE {name}{template}")
-        return name
-
-    async def drop_database(self, name: str) -> None:
-        await self._admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        return await self.create_database(
+            f"test_{os.getpid()}_{next(self._names)}", template=TEMPLATE if migrated else None
+        )
 
 
 _CLUSTER: PostgresCluster | None = None
@@ -193,7 +60,10 @@ def postgres_cluster(config: pytest.Config) -> PostgresCluster:
     """The session's cluster, started on first use and stopped when the session ends (one per process)."""
     global _CLUSTER
     if _CLUSTER is None:
-        _CLUSTER = PostgresCluster.start()
+        try:
+            _CLUSTER = PostgresCluster.start()
+        except PostgresUnavailable as exc:
+            pytest.fail(exc.message, pytrace=False)
         config.add_cleanup(_stop_cluster)
     return _CLUSTER
 
@@ -229,7 +99,7 @@ async def _fresh_url(request: pytest.FixtureRequest, tmp_path: Path, *, migrated
         yield f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}"
         return
     cluster = postgres_cluster(request.config)
-    name = await cluster.create_database(migrated=migrated)
+    name = await cluster.create_registry_database(migrated=migrated)
     try:
         yield cluster.url(name)
     finally:
