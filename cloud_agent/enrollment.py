@@ -326,15 +326,16 @@ def _has_valid_certificate(authority: CertificateAuthority, gateway_id: str, now
 def _issue(
     authority: CertificateAuthority, request: x509.CertificateSigningRequest, gateway_id: str, *, renew: bool
 ) -> CertRecord:
+    other_roles = {record.role for record in authority.records_for(gateway_id)} - {Role.GATEWAY}
+    if other_roles:
+        raise GatewayConflict(
+            f"the id {gateway_id} already belongs to a {other_roles.pop().value} in the CA and an id keeps its role "
+            "forever: register the gateway under another id",
+            reason="identity_conflict",
+        )
     try:
         return authority.issue(request, Role.GATEWAY, gateway_id, renew=renew)
     except PkiError as exc:
-        if "keeps one role forever" in exc.message:
-            raise GatewayConflict(
-                f"the id {gateway_id} belongs to another kind of identity in the CA: register the gateway under "
-                "another id",
-                reason="identity_conflict",
-            ) from None
         log.error("enrollment_ca_failure", gateway=gateway_id, detail=exc.message)
         raise EnrollmentUnavailable(
             f"the CA could not issue the certificate ({exc.message}); retry, and tell the operator if it persists",

@@ -366,3 +366,13 @@ async def test_a_certificate_not_yet_valid_points_at_the_clocks(
     key, future = current_identity(ca, GW, remaining=timedelta(days=400))
     _, body = renewal_body(GW, key, future)
     assert "clocks" in refusal(await http.post("/v1/enroll/renew", json=body), 401, "certificate_expired")
+
+
+async def test_an_id_that_belongs_to_a_node_cannot_become_a_gateway(
+    registry: Registry, ca: CertificateAuthority, http: httpx.AsyncClient
+) -> None:
+    ca.issue(keys.make_csr(keys.generate_private_key(), GW), Role.NODE, GW)
+    await registered(registry, GW)
+    token = await registry.create_enrollment_token(GW, actor="alice")
+    csr = keys.make_csr(keys.generate_private_key(), GW).decode()
+    assert "node" in refusal(await enroll(http, GW, token, csr), 409, "identity_conflict")
