@@ -3,6 +3,7 @@ the happy paths, every token refusal, every CSR refusal (without burning the tok
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -376,3 +377,14 @@ async def test_an_id_that_belongs_to_a_node_cannot_become_a_gateway(
     token = await registry.create_enrollment_token(GW, actor="alice")
     csr = keys.make_csr(keys.generate_private_key(), GW).decode()
     assert "node" in refusal(await enroll(http, GW, token, csr), 409, "identity_conflict")
+
+
+async def test_one_token_used_twice_at_once_issues_one_certificate(
+    registry: Registry, ca: CertificateAuthority, http: httpx.AsyncClient
+) -> None:
+    await registered(registry, GW)
+    token = await registry.create_enrollment_token(GW, actor="alice")
+    csrs = [keys.make_csr(keys.generate_private_key(), GW).decode() for _ in range(2)]
+    answers = await asyncio.gather(*(enroll(http, GW, token, csr) for csr in csrs))
+    assert sorted(answer.status_code for answer in answers) == [200, 401]
+    assert len(ca.records_for(GW)) == 1
