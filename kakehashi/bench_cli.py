@@ -12,6 +12,7 @@ from kakehashi import ui
 BENCHMARKS = {
     "gateway": "readings/s through outbox and broker with PUBACK, RSS, replay after an outage, loss",
     "ble": "BLE advertisements parsed and aggregated per second on one core",
+    "node": "MicroPython heap (gc.mem_alloc peak) of the edge node's report cycle on the unix port",
 }
 
 

