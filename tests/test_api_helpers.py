@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from cloud_agent.api import create_app
 from cloud_agent.runtime import AgentRuntime
@@ -53,6 +54,7 @@ class FakeMonotonic:
 class Api:
     """A client of the app, the registry and recorder behind it, and a bearer token per role."""
 
+    app: FastAPI
     client: httpx.AsyncClient
     registry: Registry
     actions: RecorderActions
@@ -63,7 +65,8 @@ class Api:
         return {"Authorization": f"Bearer {self.tokens[role]}"}
 
     async def call(self, method: str, path: str, role: ApiRole = ApiRole.ADMIN, **kwargs: Any) -> httpx.Response:
-        return await self.client.request(method, path, headers=self.auth(role), **kwargs)
+        headers = {**self.auth(role), **kwargs.pop("headers", {})}
+        return await self.client.request(method, path, headers=headers, **kwargs)
 
     async def ok(self, method: str, path: str, role: ApiRole = ApiRole.ADMIN, **kwargs: Any) -> Any:
         response = await self.call(method, path, role, **kwargs)
@@ -95,7 +98,7 @@ async def api_fixture(registry: Registry, clock: FakeClock, actions: RecorderAct
         tokens[role], _ = await registry.create_api_token(name, role, actor="bootstrap")
     app = create_app(AgentRuntime(registry=registry, actions=actions, metrics=metrics))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE_URL) as client:
-        yield Api(client=client, registry=registry, actions=actions, clock=clock, tokens=tokens)
+        yield Api(app=app, client=client, registry=registry, actions=actions, clock=clock, tokens=tokens)
 
 
 def assert_error(response: httpx.Response, status: int, error: str, *fragments: str) -> dict[str, Any]:

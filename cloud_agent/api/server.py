@@ -25,7 +25,7 @@ from kakehashi.log import get_logger
 
 log = get_logger(__name__)
 
-GRACE_S: Final = 5.0
+GRACE_S: Final = 5
 """How long requests in flight may take to finish once stop is set."""
 
 

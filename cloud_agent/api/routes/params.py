@@ -27,5 +27,7 @@ def parse_labels(values: list[str] | None) -> dict[str, str] | None:
         key, sep, item = value.partition("=")
         if not sep or not key:
             raise InvalidInput(f"label filter {value!r} must be key=value, e.g. label=zone=north")
+        if key in labels:
+            raise InvalidInput(f"label filter {key!r} is given twice: an entity carries one value per label key")
         labels[key] = item
     return labels
