@@ -13,6 +13,7 @@ from khnode.ring import Ring
 CONFIG = "node.json"
 DATA = "data"
 RETRY_S = 3600  # sleep after a fatal configuration problem, then try again
+BOOT_EPOCH = 1700000000
 
 
 class Node:
@@ -25,7 +26,10 @@ class Node:
             os.mkdir(self.data)
         except OSError:
             pass
-        self.boot = store.next_boot(self.data + "/boot", board.now() // 60 if board.now() > senml.MIN_EPOCH else 0)
+        # never below the clock's seconds since 2023-11-14, so a lost counter file cannot make sequence numbers go
+        # back; the counter stays below 2**31 (the wire's 63-bit seq) until 2091
+        clock = board.now()
+        self.boot = store.next_boot(self.data + "/boot", clock - BOOT_EPOCH if clock > BOOT_EPOCH else 0)
         self.count = 0
         self.remote = store.load(self.data + "/remote.json")
         self.cfg, self.problems = config.load(root + CONFIG, self.remote.get("delta"))

@@ -15,9 +15,10 @@ def write(path, data):
 
 
 def next_boot(path, floor=0):
-    """Increment and return the boot counter (the high 32 bits of every sequence number).
+    """Increment and return the boot counter (the high 32 bits of every sequence number), never below ``floor``.
 
-    A missing or unreadable counter restarts from ``floor`` (the flash tool seeds it, see docs/edge.md).
+    The node passes a floor from the clock in seconds (deep sleep wakes are seconds apart at least), so the counter
+    survives the loss of its file and a reflash; without a set clock it goes on from the file, or from 0.
     """
     try:
         with open(path) as f:
