@@ -87,8 +87,8 @@ gc.collect()
 resident = gc.mem_alloc() - base
 sleep_s = n.cycle()
 sample()
-peak_kb = peak[0] - base - instrument
-print("HEAP " + json.dumps({"peak": peak_kb, "resident": resident - instrument, "acked": not n.ring.names(),
+peak_bytes = peak[0] - base - instrument
+print("HEAP " + json.dumps({"peak": peak_bytes, "resident": resident - instrument, "acked": not n.ring.names(),
                             "instrument": instrument}))
 machine.deepsleep(sleep_s * 1000)
 """

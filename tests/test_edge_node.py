@@ -235,11 +235,37 @@ async def test_the_node_without_umqtt_robust_uses_umqtt_simple(
     shutil.copytree(edge_lib, lib)
     (lib / "umqtt" / "robust.py").unlink()
     device = node_device(fleet, tmp_path, lib, local_broker.endpoint.port)
-    device.script([at(1.2)])
+    device.script([at(1.2), at(1.3)])
     async with gateway(fleet, local_broker, tmp_path) as gw:
         await wake(device)
+        settings = json.loads((device.root / "node.json").read_text())
+        (device.root / "node.json").write_text(json.dumps({**settings, "server_hostname": "gw-elsewhere.example"}))
+        output = (await wake(device))[0]
         messages = await gw.messages()
     assert [round(values(m)["level"], 3) for _, m in messages] == [1.2]
+    assert "does not match with the expected CN" in output, "the 2017 generation verifies the name too"
+
+
+async def test_the_sslcontext_generation_of_umqtt_verifies_the_broker_by_name(
+    fleet: Fleet, local_broker: RunningBroker, tmp_path: Path, edge_lib: Path
+) -> None:
+    lib = tmp_path / "lib-sslcontext"
+    shutil.copytree(edge_lib, lib)
+    (lib / "umqtt" / "simple.py").rename(lib / "umqtt" / "simple2017.py")
+    shutil.copyfile(Path(__file__).with_name("edge_umqtt_sslcontext.py"), lib / "umqtt" / "simple.py")
+    device = node_device(fleet, tmp_path, lib, local_broker.endpoint.port, server_hostname="localhost")
+    device.script([at(1.3), at(1.4)])
+    async with gateway(fleet, local_broker, tmp_path) as gw:
+        output = (await wake(device))[0]
+        assert "SSLContext generation, server_hostname localhost" in output
+        settings = json.loads((device.root / "node.json").read_text())
+        (device.root / "node.json").write_text(json.dumps({**settings, "server_hostname": "gw-elsewhere.example"}))
+        output = (await wake(device))[0]
+        messages = await gw.messages()
+    assert [round(values(m)["level"], 3) for _, m in messages] == [1.3], "a broker under another name is refused"
+    assert "link failed" in output
+    assert "does not match with the expected CN" in output, output
+    assert len(device.ring()) == 1
 
 
 def ring_values(device: Device) -> list[dict[str, Any]]:
