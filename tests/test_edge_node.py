@@ -345,12 +345,14 @@ async def test_i2c_distance_and_4_20_ma_pressure_with_fault_flags(fleet: Fleet, 
 async def test_on_mains_the_node_stays_up_and_keeps_the_daily_heartbeat(
     fleet: Fleet, tmp_path: Path, edge_lib: Path
 ) -> None:
-    device = node_device(fleet, tmp_path, edge_lib, free_port(), power="mains", heartbeat_s=1200)
-    device.script([at(0.5)] * 5)
+    # light sleeps of at most half the watchdog timeout, so that each one is a wake of the scenario here
+    settings = {"power": "mains", "sample_s": 60, "heartbeat_s": 600, "wdt_ms": 120_000}
+    device = node_device(fleet, tmp_path, edge_lib, free_port(), **settings)
+    device.script([at(0.5)] * 21)
     await wake(device)  # one process: light sleeps between wakes; the scenario ends it after the last step
-    assert device.sleeps() == [["light", 600_000]] * 5
+    assert device.sleeps() == [["light", 60_000]] * 21
     seqs = [int(path.name[:16], 16) for path in device.ring()]
-    assert len(seqs) == 3, "the first wake, then one heartbeat every 1200 s below the observation-start level"
+    assert len(seqs) == 3, "the first wake, then one heartbeat every 600 s below the observation-start level"
     assert len({seq >> 32 for seq in seqs}) == 1, "one boot"
     assert [seq & 0xFFFFFFFF for seq in seqs] == [1, 2, 3]
 

@@ -25,7 +25,12 @@ class Watchdog:
     """machine.WDT, started once the config says how long a wake may stall; feed() before each slow step."""
 
     def __init__(self, timeout_ms):
-        self.wdt = machine.WDT(timeout=timeout_ms)
+        try:
+            self.wdt = machine.WDT(timeout=timeout_ms)
+        except ValueError:  # the RP2040's watchdog counts to 8.3 s at most
+            timeout_ms = 8000
+            self.wdt = machine.WDT(timeout=timeout_ms)
+        self.timeout_ms = timeout_ms
 
     def feed(self):
         self.wdt.feed()
@@ -73,12 +78,20 @@ def set_clock(cfg):
         return False
 
 
-def sleep(cfg, seconds):
-    """Deep sleep on battery (the board resets and main.py starts again); light sleep on mains."""
+def sleep(cfg, seconds, wdt):
+    """Deep sleep on battery (the board resets and main.py starts again; the watchdog stops with it).
+
+    On mains, light sleep in slices of half the watchdog timeout, feeding it between them: it keeps running.
+    """
+    ms = seconds * 1000
     if cfg["power"] == "battery":
-        machine.deepsleep(seconds * 1000)
-    else:
-        machine.lightsleep(seconds * 1000)
+        machine.deepsleep(ms)
+    step = wdt.timeout_ms // 2
+    while ms > step:
+        machine.lightsleep(step)
+        wdt.feed()
+        ms -= step
+    machine.lightsleep(ms)
 
 
 def fatal_sleep(seconds):

@@ -169,4 +169,4 @@ def main(root=""):
             sys.print_exception(exc)
             sleep_s = node.cfg["sample_s"]
         node.wdt.feed()
-        board.sleep(node.cfg, sleep_s)
+        board.sleep(node.cfg, sleep_s, node.wdt)

@@ -7,11 +7,20 @@ import json
 import os
 
 
+def replace(tmp, path):
+    """Rename ``tmp`` over ``path`` (littlefs replaces; FAT refuses while ``path`` exists)."""
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        os.remove(path)
+        os.rename(tmp, path)
+
+
 def write(path, data):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(data)
-    os.rename(tmp, path)
+    replace(tmp, path)
 
 
 def next_boot(path, floor=0):
