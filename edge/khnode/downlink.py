@@ -51,9 +51,10 @@ class Downlink:
         if not isinstance(version, int) or version <= self.remote.get("version", 0):
             self.acks.append((ident, "rejected", "stale version", None))
             return
-        delta = doc["delta"]
+        delta = doc.get("delta")
         if not isinstance(delta, dict):
-            raise ValueError("delta must be an object")
+            self.acks.append((ident, "rejected", "delta must be an object", None))
+            return
         trial = dict(self.cfg)
         problems = []
         applied = config.apply(trial, delta, config.REMOTE, problems)
