@@ -47,11 +47,14 @@ def _tls(ca: Path | None) -> ssl.SSLContext | bool:
         ) from None
 
 
-def _why(exc: httpx.TransportError) -> str:
+def _unreachable(url: str, exc: httpx.TransportError) -> ApiClientError:
     text = str(exc) or type(exc).__name__
-    if "CERTIFICATE_VERIFY_FAILED" in text:
-        return f"{text} (the agent's certificate is not trusted: pass the fleet's chain.pem with --ca)"
-    return text
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return ApiClientError(
+            f"cannot reach {url}: its TLS certificate is not trusted ({text}) — check --ca (the fleet's chain.pem)",
+            reason="untrusted",
+        )
+    return ApiClientError(f"cannot reach {url}: {text} — is the agent running? check --agent", reason="unreachable")
 
 
 def _refusal(response: httpx.Response) -> ApiClientError:
@@ -113,10 +116,7 @@ class ApiClient:
         try:
             response = self._http.request(method, path, params=query, json=body)
         except httpx.TransportError as exc:
-            raise ApiClientError(
-                f"cannot reach {self.base_url}: {_why(exc)} — is the agent running? check --agent",
-                reason="unreachable",
-            ) from None
+            raise _unreachable(self.base_url, exc) from None
         if response.is_error:
             raise _refusal(response)
         if not response.content:

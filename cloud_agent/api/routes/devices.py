@@ -77,8 +77,10 @@ def router(runtime: AgentRuntime) -> APIRouter:
     async def bind_device(
         device_id: str, body: BindRequest, principal: Annotated[ApiPrincipal, Depends(require_role(*MANAGERS))]
     ) -> DeviceOut:
+        before = await registry.get_device(device_id)
         bound = await registry.bind_device(device_id, body.gateway, actor=principal.name, reason=body.reason)
-        await deliver_desired(runtime, bound.gateway_id)
+        if before.gateway_id is not None and before.gateway_id != bound.gateway_id:  # its desired state moved along
+            await deliver_desired(runtime, bound.gateway_id)
         return DeviceOut.of(bound)
 
     @routes.put("/{device_id}/consent", summary="Record that consent for a watch tag was given or withdrawn")
