@@ -215,3 +215,23 @@ async def test_bind_consent_and_hardware_replacement(api: Api, clock: FakeClock)
     assert moved["gateway"] == "gw-b"
     assert api.actions.desired[-1] == "gw-b"
     assert [d.gateway_id for d in await api.registry.pending_desired("gw-b")] == ["gw-b"]
+
+
+async def test_the_mounted_csv_import_and_enrollment_routes(api: Api, clock: FakeClock) -> None:
+    await provisioned_gateway(api.registry, clock)
+    csv = b"id,organisation,kind\nwl-0007,kakogawa,water_level\n"
+    headers = {"Content-Type": "text/csv"}
+    refused = await api.call("POST", "/v1/devices/import", ApiRole.VIEWER, content=csv, headers=headers)
+    assert_error(refused, 403, "forbidden", "admin or asset-manager")
+    report = await api.ok("POST", "/v1/devices/import", MANAGER, content=csv, headers=headers)
+    assert (report["created"], report["failed"]) == (1, 0)
+    assert (await api.ok("GET", "/v1/devices/wl-0007"))["kind"] == "water_level"
+    entry = (await api.ok("GET", "/v1/audit", params={"entity": "wl-0007"}))["items"][0]
+    assert (entry["action"], entry["actor"]) == ("device.created", "tanaka@city")
+    wrong_type = await api.call(
+        "POST", "/v1/devices/import", content=b"{}", headers={"Content-Type": "application/json"}
+    )
+    assert_error(wrong_type, 415, "csv_content_type", "text/csv")
+    # enrollment takes no bearer token; an agent without a CA answers 503 in the error shape
+    enroll = await api.client.post("/v1/enroll", json={"gateway_id": "gw-0001", "token": "x", "csr_pem": "y"})
+    assert_error(enroll, 503, "enrollment_disabled", "no CA")

@@ -13,7 +13,7 @@ from typing import Final
 
 from fastapi import APIRouter, FastAPI
 
-from cloud_agent.api import enrollment_routes
+from cloud_agent.api import enrollment_routes, import_routes
 from cloud_agent.api.access_log import AccessLog
 from cloud_agent.api.auth import DEFAULT_CACHE_S, Authenticator, install_authenticator
 from cloud_agent.api.errors import ErrorCounts, install_error_handlers
@@ -45,6 +45,7 @@ ROUTERS: Final[tuple[Callable[[AgentRuntime], APIRouter], ...]] = (
     audit.router,
     api_tokens.router,
     enrollment_routes.router,
+    import_routes.router,
 )
 
 DESCRIPTION: Final = """\
