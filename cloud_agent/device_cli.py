@@ -25,7 +25,7 @@ from device_registry.lifecycle import State
 from device_registry.models import ApiRole
 from kakehashi import ui
 
-DEFAULT_AGENT: Final = "https://localhost:8443"
+DEFAULT_AGENT: Final = "https://127.0.0.1:8443"
 _DURATION: Final = re.compile(r"(\d+)([smhd]?)")
 _UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
