@@ -194,7 +194,14 @@ async def test_remote_config_and_commands_are_applied_and_acknowledged(
     fleet: Fleet, local_broker: RunningBroker, tmp_path: Path, edge_lib: Path
 ) -> None:
     device = node_device(fleet, tmp_path, edge_lib, local_broker.endpoint.port)
-    device.script([at(0.5), at(0.5), at(0.5)])
+    # the second wake reports (above the observation-start level), so it connects and reads its downlink; a quiet
+    # wake below it would read the downlink only after poll_s
+    device.script([at(0.5), at(1.5), at(1.5)])
+    async with gateway(fleet, local_broker, tmp_path):
+        await _remote_config_and_commands(device, local_broker, fleet)
+
+
+async def _remote_config_and_commands(device: Device, local_broker: RunningBroker, fleet: Fleet) -> None:
     await wake(device)  # first wake: the node's persistent session now exists on the broker
     base = f"kn/v1/{NODE}/down"
     now = 1.8e9
