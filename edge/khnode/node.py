@@ -5,6 +5,7 @@ Files on the device (see docs/edge.md): ``node.json`` (settings, written by the 
 """
 
 import gc
+import os
 import sys
 
 from khnode import board, config, filters, rhythm, senml, stages, store
@@ -17,12 +18,12 @@ BOOT_EPOCH = 1700000000
 
 
 class Node:
+    """The node's settings, state, sensors and ring for one boot; ``cycle()`` is one wake."""
+
     def __init__(self, root=""):
         self.root = root
         self.data = root + DATA
         try:
-            import os
-
             os.mkdir(self.data)
         except OSError:
             pass
