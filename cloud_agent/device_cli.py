@@ -84,7 +84,16 @@ def _when(epoch: Any) -> str:
 
 
 def _short_time(iso: Any) -> Any:
-    return iso.replace("+00:00", "Z") if isinstance(iso, str) else iso
+    """An ISO 8601 time from the API, to the second, in UTC with Z."""
+    if not isinstance(iso, str):
+        return iso
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _labels_text(labels: Mapping[str, str] | None) -> str:
@@ -127,15 +136,8 @@ def _instant(text: str | None, what: str) -> datetime | None:
 
 def _collection(api: ApiClient, entity_id: str) -> str:
     """``devices`` or ``gateways``: which one ``entity_id`` is (they share one id namespace)."""
-    for collection in ("devices", "gateways"):
-        try:
-            api.get(f"/v1/{collection}/{_segment(entity_id)}")
-        except ApiClientError as exc:
-            if exc.status != 404:
-                raise
-            continue
-        return collection
-    raise ApiClientError(f"there is no gateway or device with id {entity_id!r}", reason="not_found", status=404)
+    found = api.get(f"/v1/entities/{_segment(entity_id)}")
+    return str(found["collection"])
 
 
 def _page(api: ApiClient, path: str, params: dict[str, Any], *, every: bool) -> dict[str, Any]:

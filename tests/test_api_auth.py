@@ -42,6 +42,7 @@ BOUNDARIES: list[tuple[str, str, object, set[ApiRole]]] = [
     ("PUT", "/v1/devices/wl-0001/gateway", {"gateway": "gw-0001", "reason": "same"}, MANAGERS),
     ("PUT", "/v1/devices/tag-0001/consent", {"consent": True, "reason": "form"}, MANAGERS),
     ("POST", "/v1/devices/wl-0001/hardware-replacements", {"hardware_serial": "SN-2", "reason": "broken"}, MANAGERS),
+    ("GET", "/v1/entities/gw-0001", None, EVERYONE),
     ("GET", "/v1/devices/wl-0001/twin", None, STAFF),
     ("PATCH", "/v1/devices/wl-0001/twin/desired", {"delta": {"alarm_m": 3}}, MANAGERS),
     ("GET", "/v1/devices/wl-0001/latest", None, EVERYONE),

@@ -141,6 +141,7 @@ async def test_the_openapi_document_lists_the_endpoints(api: Api) -> None:
         "/v1/enroll": {"post"},
         "/v1/enroll/renew": {"post"},
         "/v1/devices/import": {"post"},
+        "/v1/entities/{entity_id}": {"get"},
     }
     for path, methods in expected.items():
         assert set(paths.get(path, {})) >= methods, path

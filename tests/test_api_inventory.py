@@ -64,6 +64,13 @@ async def test_register_and_read_gateways_and_devices(api: Api, clock: FakeClock
         "connected",
     )
     assert [(c["serial"], c["status"]) for c in detail["certificates"]] == [("abc1", "active")]
+    assert await api.ok("GET", "/v1/entities/gw-0001", ApiRole.CITY_OS) == {
+        "id": "gw-0001",
+        "role": "gateway",
+        "collection": "gateways",
+    }
+    assert (await api.ok("GET", "/v1/entities/wl-0001"))["collection"] == "devices"
+    assert_error(await api.call("GET", "/v1/entities/nope"), 404, "not_found", "no gateway or device")
     organisations = await api.ok("GET", "/v1/organisations")
     assert ([o["id"] for o in organisations["items"]], organisations["next"]) == (["kakogawa"], None)
     # who did it: the token names

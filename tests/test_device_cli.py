@@ -213,7 +213,7 @@ async def test_device_commands(agent: Agent) -> None:
     assert retired.out.splitlines() == ["gateway gw-0001: active → decommissioned", "revoked certificates: a1"]
     assert agent.actions.revoked == [("gw-0001", "cessation_of_operation")]
     unknown = await agent.run("transition", "nothing-1", "active", "--reason", "x")
-    assert unknown.error_line == "error: there is no gateway or device with id 'nothing-1'"
+    assert unknown.error_line == "error: there is no gateway or device with id 'nothing-1' (404 not_found)"
 
 
 async def test_gateway_audit_and_token_commands(agent: Agent) -> None:
