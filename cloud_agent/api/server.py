@@ -133,5 +133,7 @@ async def serve_api(
         for task in (serving, stopping):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        for listening in getattr(server, "servers", []):  # cancelled before uvicorn's own shutdown closed them
+            listening.close()
         listener.close()
         log.info("api_stopped", url=f"https://{host}:{bound}")
