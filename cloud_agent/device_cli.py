@@ -152,6 +152,14 @@ def _page(api: ApiClient, path: str, params: dict[str, Any], *, every: bool) -> 
     return {"items": items, "total": page["total"], "next": None}
 
 
+def _emit(doc: Any, as_json: bool, show: Callable[[Any], None]) -> None:
+    """The API's JSON with ``--json``, else the human view ``show`` makes of it."""
+    if as_json:
+        ui.print_json(doc)
+    else:
+        show(doc)
+
+
 def _show_page(page: Mapping[str, Any], rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
     ui.print_table(rows, columns)
     shown, total = len(page["items"]), page["total"]
@@ -294,7 +302,7 @@ def _show_device(doc: Mapping[str, Any]) -> None:
 def show_device(ctx: click.Context, device_id: str, as_json: bool) -> None:
     """Show one device."""
     doc = _api(ctx).get(f"/v1/devices/{_segment(device_id)}")
-    ui.print_json(doc) if as_json else _show_device(doc)
+    _emit(doc, as_json, _show_device)
 
 
 @device.command("create")
@@ -345,7 +353,7 @@ def create_device(
         "retention_s": None if retention is None else _duration_s(retention, "--retention"),
     }
     doc = _api(ctx).post("/v1/devices", body)
-    ui.print_json(doc) if as_json else _show_device(doc)
+    _emit(doc, as_json, _show_device)
 
 
 @device.command("bind")
@@ -357,7 +365,7 @@ def create_device(
 def bind_device(ctx: click.Context, device_id: str, gateway_id: str, reason: str, as_json: bool) -> None:
     """Bind a device to the gateway that may report for it."""
     doc = _api(ctx).put(f"/v1/devices/{_segment(device_id)}/gateway", {"gateway": gateway_id, "reason": reason})
-    ui.print_json(doc) if as_json else click.echo(f"device {doc['id']} bound to {doc['gateway']} ({doc['state']})")
+    _emit(doc, as_json, lambda doc: click.echo(f"device {doc['id']} bound to {doc['gateway']} ({doc['state']})"))
 
 
 @device.command("consent")
@@ -370,7 +378,7 @@ def set_consent(ctx: click.Context, device_id: str, consent: bool, reason: str, 
     """Record a watch tag's consent (without it nothing of the tag is stored)."""
     doc = _api(ctx).put(f"/v1/devices/{_segment(device_id)}/consent", {"consent": consent, "reason": reason})
     given = "given" if doc["consent"] else "withdrawn"
-    ui.print_json(doc) if as_json else click.echo(f"watch tag {doc['id']}: consent {given}")
+    _emit(doc, as_json, lambda doc: click.echo(f"watch tag {doc['id']}: consent {given}"))
 
 
 @device.command("replace-hardware")
@@ -534,7 +542,7 @@ def latest(ctx: click.Context, entity_id: str, as_json: bool) -> None:
     """The newest reading of each quantity."""
     api = _api(ctx)
     doc = api.get(f"/v1/{_collection(api, entity_id)}/{_segment(entity_id)}/latest")
-    ui.print_json(doc) if as_json else ui.print_table([_reading_row(r) for r in doc["items"]], READING_COLUMNS)
+    _emit(doc, as_json, lambda doc: ui.print_table([_reading_row(r) for r in doc["items"]], READING_COLUMNS))
 
 
 @readings.command("history")
@@ -655,7 +663,7 @@ def _show_gateway(doc: Mapping[str, Any]) -> None:
 def show_gateway(ctx: click.Context, gateway_id: str, as_json: bool) -> None:
     """Show one gateway with its presence and certificates."""
     doc = _api(ctx).get(f"/v1/gateways/{_segment(gateway_id)}")
-    ui.print_json(doc) if as_json else _show_gateway(doc)
+    _emit(doc, as_json, _show_gateway)
 
 
 @gateways.command("create")
@@ -691,7 +699,7 @@ def create_gateway(
         "location": _location(latitude, longitude, place),
     }
     doc = _api(ctx).post("/v1/gateways", body)
-    ui.print_json(doc) if as_json else _show_gateway(doc)
+    _emit(doc, as_json, _show_gateway)
 
 
 @gateways.command("completeness")
@@ -750,7 +758,7 @@ def list_organisations(ctx: click.Context, every: bool, as_json: bool) -> None:
 def create_organisation(ctx: click.Context, organisation_id: str, name: str, as_json: bool) -> None:
     """Create an organisation (a city, utility or operator)."""
     doc = _api(ctx).post("/v1/organisations", {"id": organisation_id, "name": name})
-    ui.print_json(doc) if as_json else click.echo(f"organisation {doc['id']} ({doc['name']}) created")
+    _emit(doc, as_json, lambda doc: click.echo(f"organisation {doc['id']} ({doc['name']}) created"))
 
 
 AUDIT_COLUMNS: Final = ("id", "at", "actor", "action", "entity", "reason")
@@ -861,4 +869,4 @@ def create_api_token(ctx: click.Context, name: str, role: str, ttl: str | None, 
 def revoke_api_token(ctx: click.Context, name: str, reason: str, as_json: bool) -> None:
     """Revoke an API token."""
     doc = _api(ctx).post(f"/v1/api-tokens/{_segment(name)}/revoke", {"reason": reason})
-    ui.print_json(doc) if as_json else click.echo(f"API token {doc['name']} revoked")
+    _emit(doc, as_json, lambda doc: click.echo(f"API token {doc['name']} revoked"))
