@@ -109,7 +109,8 @@ def error_response(
     """The JSON error answer; also logs the refusal and counts it by reason."""
     error_counts_of(request.app).count(reason)
     principal = getattr(request.state, "principal", None)
-    log.info(
+    emit = log.warning if status >= 500 else log.info
+    emit(
         "api_refused",
         status=status,
         reason=reason,
