@@ -38,7 +38,8 @@ def run(config_path: Path) -> None:
         api = f"https://{config.api.host}:{config.api.port}" if config.api.enabled else "disabled"
         click.echo(
             f"agent {config.agent.id} running: broker mqtts://{config.broker.host}:{config.broker.port} "
-            f"(shared group {config.agent.share_group}); registry {_safe_url(config.database.url)}; API {api}",
+            f"(shared group {config.agent.share_group or 'none'}); "
+            f"registry {_safe_url(config.database.url)}; API {api}",
             err=True,
         )
 

@@ -43,7 +43,10 @@ class _Strict(BaseModel):
 
 class AgentSection(_Strict):
     id: Identifier = Field(description="the agent's service identity (certificate CN); also its MQTT client id")
-    share_group: Identifier = Field(default="agents", description="agents of one group split the uplinks")
+    share_group: Identifier | None = Field(
+        default=None,
+        description="agents of one group split the uplinks (MQTT 5 shared subscription); unset: this agent takes all",
+    )
 
 
 class BrokerSection(_Strict):

@@ -268,7 +268,7 @@ async def run_agent(
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
         await service.registry.close()
-        log.info("agent_stopped", agent=config.agent.id, readings_stored=service.metrics.readings_stored)
+        log.info("agent_stopped", agent=config.agent.id, metrics=service.metrics.snapshot())
 
 
 async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:

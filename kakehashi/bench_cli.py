@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 import click
@@ -12,6 +13,7 @@ from kakehashi import ui
 BENCHMARKS = {
     "gateway": "readings/s through outbox and broker with PUBACK, RSS, replay after an outage, loss",
     "ble": "BLE advertisements parsed and aggregated per second on one core",
+    "agent": "readings/s ingested per cloud agent process, p99 publish-to-stored latency, loss, duplicates",
     "node": "MicroPython heap (gc.mem_alloc peak) of the edge node's report cycle on the unix port",
 }
 
@@ -30,12 +32,20 @@ def _flatten(doc: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 @click.argument("name", type=click.Choice(sorted(BENCHMARKS)))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quick", is_flag=True, help="A smaller run (for smoke tests); figures are less stable.")
-def bench(name: str, as_json: bool, quick: bool) -> None:
+@click.option("--db", type=click.Choice(["sqlite", "postgresql"]), help="Registry database (agent benchmark).")
+@click.option("--agents", type=click.IntRange(1, 8), help="Agent processes sharing the load (agent benchmark).")
+def bench(name: str, as_json: bool, quick: bool, db: str | None, agents: int | None) -> None:
     """Run benchmark NAME on this machine (loopback only, bounded, stops by itself)."""
     module = importlib.import_module(f"bench.{name}")
     kwargs: dict[str, Any] = {"progress": ui.progress}
     if quick:
         kwargs.update(getattr(module, "QUICK", {}))
+    accepted = inspect.signature(module.run).parameters
+    for option, value in (("db", db), ("agents", agents)):
+        if value is not None:
+            if option not in accepted:
+                raise click.UsageError(f"--{option} does not apply to the {name} benchmark")
+            kwargs[option] = value
     result: dict[str, Any] = module.run(**kwargs)
     if as_json:
         ui.print_json(result)
