@@ -356,6 +356,25 @@ def create_device(
     _emit(doc, as_json, _show_device)
 
 
+@device.command("import")
+@click.argument("csv_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Check every row without registering anything.")
+@json_option
+@click.pass_context
+def import_devices(ctx: click.Context, csv_file: Path, dry_run: bool, as_json: bool) -> None:
+    """Register the devices of a CSV roll-out sheet (columns in docs/enrollment.md); a report row by row."""
+    from cloud_agent.bulk_import import ImportReport, format_report
+
+    try:
+        data = csv_file.read_bytes()
+    except OSError as exc:
+        raise ApiClientError(f"cannot read {csv_file}: {exc.strerror}: check the path", reason="file") from None
+    doc = _api(ctx).import_devices(data, dry_run=dry_run)
+    _emit(doc, as_json, lambda doc: click.echo(format_report(ImportReport.from_json(doc))))
+    if doc.get("failed"):
+        raise SystemExit(1)
+
+
 @device.command("bind")
 @click.argument("device_id")
 @click.argument("gateway_id")

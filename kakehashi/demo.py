@@ -2,7 +2,8 @@
 
 What runs (everything real except the hardware, which is simulated at its own interface):
 
-* the fleet PKI; an agent, a gateway and an edge node enrolled (keys made on each "device", only CSRs travel);
+* the fleet PKI: the agent's service and HTTPS identities and an edge node (keys made where they are used, only
+  CSRs travel);
 * the fleet broker (Mosquitto, TLS with client certificates, per-identity ACL) and the gateway's local broker for its
   nodes (``--profile local``);
 * hardware simulators: a pymodbus TCP server with an SDM120 energy meter, a water meter and a water-level gauge; an
@@ -10,7 +11,9 @@ What runs (everything real except the hardware, which is simulated at its own in
   strangers' tags that must be dropped) through a simulated bleak backend; a sensor node publishing water levels
   to the local broker (host Python standing in for the MicroPython firmware);
 * the real gateway service (``gateway.service``) reading all of them into its outbox and forwarding to the broker;
-* on the cloud side, a subscriber that deduplicates by (gateway, seq) as the agent does.
+* the cloud agent (``cloud_agent.service``) with its HTTPS API: an asset manager registers the gateway, imports the
+  devices from a CSV sheet and makes a one-time enrollment token; the gateway makes its key and enrolls over HTTPS;
+  every reading is stored once in the registry (SQLite); a desired setting round-trips through the twin.
 
 It also shows that a foreign certificate and a revoked one are refused. ``--seconds N --json`` runs headless and
 prints one JSON summary; the exit status is non-zero if any accepted reading was lost or any check failed.
@@ -29,11 +32,17 @@ from pathlib import Path
 from typing import Any
 
 import click
+import sqlalchemy as sa
 
-from bench.collector import Collector
 from bench.harness import enroll, free_port
+from cloud_agent.api_client import ApiClient
+from cloud_agent.config import parse_config as parse_agent_config
 from cloud_agent.pki.authority import CertificateAuthority
+from cloud_agent.service import AgentService, run_agent
+from device_registry import Registry
+from device_registry.schema import readings as readings_table
 from gateway.config import parse_config
+from gateway.enrollment import enroll_gateway
 from gateway.service import Gateway, run_gateway
 from hw.ble.population import population as ble_population
 from hw.ble.simulator import SimulatedAir, attached
@@ -46,6 +55,8 @@ from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
 from kakehashi.mqtt_link import LinkError, MqttLink
 
 AGENT_ID = "agent-demo"
+ORG = "kakogawa"
+MANAGER = "tanaka@city.kakogawa"
 GATEWAY_ID = "gw-demo-0001"
 REVOKED_ID = "gw-demo-0002"
 NODE_ID = "wl-0201"
@@ -171,6 +182,39 @@ def _gateway_config(workdir: Path, fleet: BrokerEndpoint, local: BrokerEndpoint,
     }
 
 
+async def _api(client: ApiClient, method: str, path: str, body: Any = None, **params: Any) -> Any:
+    """One API call from this process's event loop (the sync client runs on a worker thread)."""
+    if method == "GET":
+        return await asyncio.to_thread(client.get, path, **params)
+    return await asyncio.to_thread(client.request, method, path, body=body)
+
+
+def _registration_csv(lpwa_devices: list[Any], ble_tags: list[dict[str, Any]]) -> bytes:
+    """The field roll-out sheet the asset manager imports: every device behind the demo gateway."""
+    rows = ["id,organisation,kind,profile,gateway,consent,retention_days,place"]
+    for dev, profile in MODBUS_DEVICES.values():
+        kind = {"sdm120": "energy_meter", "water-meter": "water_meter", "water-level": "water_level"}[profile]
+        rows.append(f"{dev},{ORG},{kind},{profile},{GATEWAY_ID},,,pump station 3")
+    rows.append(f"{NODE_ID},{ORG},water_level,khnode,{GATEWAY_ID},,,Kakogawa river bank")
+    for device in lpwa_devices:
+        if device.device_id.startswith("tag-"):
+            rows.append(f"{device.device_id},{ORG},watch_tag,,,yes,30,")
+        else:
+            rows.append(f"{device.device_id},{ORG},water_level,,{GATEWAY_ID},,,Kakogawa river bank")
+    for tag in ble_tags:
+        rows.append(f"{tag['id']},{ORG},watch_tag,,,yes,30,")
+    return ("\n".join(rows) + "\n").encode()
+
+
+async def _wait_until(predicate: Any, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await predicate():
+            return True
+        await asyncio.sleep(0.2)
+    return bool(await predicate())
+
+
 async def run_demo(workdir: Path, seconds: float, *, progress: bool = True) -> dict[str, Any]:
     """Run the demo in ``workdir`` for ``seconds``; returns the summary document."""
 
@@ -179,11 +223,12 @@ async def run_demo(workdir: Path, seconds: float, *, progress: bool = True) -> d
             ui.progress(text)
 
     checks: list[Check] = []
-    say(f"fleet PKI in {workdir / 'pki'}; enrolling an agent, a gateway and a node (keys made on each device)")
+    say(f"fleet PKI in {workdir / 'pki'}: the agent's identities, an edge node, and two identities that must fail")
     ca = CertificateAuthority.init(workdir / "pki")
     devices = workdir / "devices"
-    agent = enroll(ca, Role.SERVICE, AGENT_ID, devices / AGENT_ID)
-    gateway_identity = enroll(ca, Role.GATEWAY, GATEWAY_ID, devices / GATEWAY_ID)
+    agent_identity = enroll(ca, Role.SERVICE, AGENT_ID, devices / AGENT_ID)
+    api_key, api_cert = devices / "api" / "api.key", devices / "api" / "api.crt"
+    _issue_api_certificate(ca, api_key, api_cert)
     node_identity = enroll(ca, Role.NODE, NODE_ID, devices / NODE_ID)
     revoked = enroll(ca, Role.GATEWAY, REVOKED_ID, devices / REVOKED_ID)
     ca.revoke(REVOKED_ID, "key_compromise")
@@ -212,32 +257,162 @@ async def run_demo(workdir: Path, seconds: float, *, progress: bool = True) -> d
             refused, detail = await _refused(fleet_endpoint, revoked, REVOKED_ID)
             checks.append(Check("revoked certificate refused", refused, detail))
 
-            doc = _gateway_config(workdir, fleet_endpoint, local_endpoint, gateway_identity, modbus.port,
-                                  workdir / "lpwa0", lpwa_devices, ble_tags)  # fmt: skip
-            config = parse_config(doc, workdir / "gateway.toml")
-            collector = Collector(fleet_endpoint, agent, f"{AGENT_ID}-1")
-            stop_collector, stop_gateway, stop_node = asyncio.Event(), asyncio.Event(), asyncio.Event()
-            node_stats = NodeStats()
-            started: list[Gateway] = []
-            async with asyncio.TaskGroup() as tg:
-                collector_task = tg.create_task(collector.run(stop_collector))
-                await asyncio.wait_for(collector.subscribed.wait(), 10)
-                say(f"gateway {GATEWAY_ID} running for {seconds:g} s: Modbus, BLE, LPWA and a node → outbox → broker")
-                gateway_task = tg.create_task(run_gateway(config, stop=stop_gateway, on_started=started.append))
-                node_task = tg.create_task(_node(local_endpoint, node_identity, node_stats, stop_node))
-                await asyncio.sleep(seconds)
-                stop_node.set()
-                await node_task
-                stop_gateway.set()
-                gw = await gateway_task
-                stats = await _final_outbox_stats(config.outbox_path, config.outbox.budget_bytes)
-                deadline = time.monotonic() + DRAIN_SECONDS
-                while collector.readings < stats["accepted"] - stats["stored"] and time.monotonic() < deadline:  # noqa: ASYNC110
-                    await asyncio.sleep(0.1)  # polling another task's counter, bounded by the deadline
-                stop_collector.set()
-                collector_task.cancel()
+            api_port = free_port()
+            agent_config = parse_agent_config(
+                {
+                    "agent": {"id": AGENT_ID},
+                    "broker": {
+                        "host": fleet_endpoint.host,
+                        "port": fleet_endpoint.port,
+                        "ca_file": str(agent_identity.ca_file),
+                        "cert_file": str(agent_identity.cert_file),
+                        "key_file": str(agent_identity.key_file),
+                    },
+                    "database": {"url": f"sqlite+aiosqlite:///{workdir / 'registry.db'}"},
+                    "api": {"host": "127.0.0.1", "port": api_port, "certfile": str(api_cert), "keyfile": str(api_key)},
+                    "pki": {"dir": str(ca.path)},
+                    "presence": {"heartbeat_timeout_s": 20, "check_interval_s": 1},
+                },
+                workdir / "agent.toml",
+            )
+            stop_agent = asyncio.Event()
+            agent_started: asyncio.Future[AgentService] = asyncio.get_running_loop().create_future()
+            async with asyncio.TaskGroup() as outer:
+                agent_task = outer.create_task(
+                    run_agent(agent_config, stop=stop_agent, on_started=agent_started.set_result)
+                )
+                agent = await agent_started
+                await asyncio.wait_for(agent.api_ready.wait(), 20)
+                url = f"https://127.0.0.1:{api_port}"
+                say(f"cloud agent running: registry {workdir / 'registry.db'}, HTTPS API {url}/docs")
+                try:
+                    summary = await _with_agent(
+                        agent, url, ca, workdir, say, checks, seconds, fleet_endpoint, local_endpoint, modbus.port,
+                        node_identity, lpwa_devices, ble_tags,
+                    )  # fmt: skip
+                finally:
+                    stop_agent.set()
+                await agent_task
+    return summary
 
-    return _summary(gw, collector, stats, node_stats, checks, seconds)
+
+def _issue_api_certificate(ca: CertificateAuthority, key_path: Path, cert_path: Path) -> None:
+    """The agent's HTTPS server certificate (what ``kakehashi pki issue-server`` does)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from kakehashi import keys
+
+    key = keys.generate_private_key()
+    record = ca.issue_server(keys.make_csr(key, AGENT_ID), AGENT_ID, ["127.0.0.1", "localhost"])
+    key_path.parent.mkdir(parents=True, exist_ok=True)
+    keys.write_private_key(key_path, key)
+    keys.write_public_file(
+        cert_path, record.certificate_path.read_bytes() + ca.issuing_certificate.public_bytes(Encoding.PEM)
+    )
+
+
+async def _with_agent(
+    agent: AgentService,
+    url: str,
+    ca: CertificateAuthority,
+    workdir: Path,
+    say: Any,
+    checks: list[Check],
+    seconds: float,
+    fleet_endpoint: BrokerEndpoint,
+    local_endpoint: BrokerEndpoint,
+    modbus_port: int,
+    node_identity: TlsIdentity,
+    lpwa_devices: list[Any],
+    ble_tags: list[dict[str, Any]],
+) -> dict[str, Any]:
+    registry = agent.registry
+    admin_secret, _ = await registry.create_api_token("demo-admin", "admin", actor="operator")
+    with ApiClient(url, admin_secret, ca=ca.trust_bundle_path) as admin:
+        await _api(admin, "POST", "/v1/organisations", {"id": ORG, "name": "Kakogawa City"})
+        created = await _api(admin, "POST", "/v1/api-tokens", {"name": MANAGER, "role": "asset-manager"})
+    with ApiClient(url, created["token"], ca=ca.trust_bundle_path) as manager:
+        say(f"asset manager {MANAGER}: registers the gateway, imports the devices from CSV, makes an enrollment token")
+        await _api(manager, "POST", "/v1/gateways", {"id": GATEWAY_ID, "organisation": ORG})
+        report = await asyncio.to_thread(manager.import_devices, _registration_csv(lpwa_devices, ble_tags))
+        imported = report.get("created", 0) if isinstance(report, dict) else 0
+        failed = report.get("failed", 0) if isinstance(report, dict) else 0
+        checks.append(
+            Check("CSV roll-out imported", failed == 0 and imported > 0, f"{imported} created, {failed} failed")
+        )
+        tag_ids = [d.device_id for d in lpwa_devices if d.device_id.startswith("tag-")] + [t["id"] for t in ble_tags]
+        for tag in tag_ids:  # consent forms signed: the tags may be stored from now on
+            await _api(
+                manager, "POST", f"/v1/devices/{tag}/lifecycle", {"to": "provisioned", "reason": "consent form signed"}
+            )
+        token = (await _api(manager, "POST", f"/v1/gateways/{GATEWAY_ID}/enrollment-tokens", {"ttl_s": 3600}))["token"]
+
+        say(f"technician: {GATEWAY_ID} makes its key on the Pi and enrolls over HTTPS with the one-time token")
+        installed = await enroll_gateway(url, ca.trust_bundle_path, GATEWAY_ID, token, workdir / "gateway-identity")
+        gateway_state = (await _api(manager, "GET", f"/v1/gateways/{GATEWAY_ID}"))["state"]
+        checks.append(Check("gateway enrolled with a one-time token", gateway_state == "provisioned",
+                            f"serial {installed.serial}, state {gateway_state}"))  # fmt: skip
+        gateway_identity = TlsIdentity(installed.trust_bundle, installed.certificate, installed.key)
+        await asyncio.sleep(1.2)  # the broker picks the new identity into its ACL within a second
+
+        doc = _gateway_config(workdir, fleet_endpoint, local_endpoint, gateway_identity, modbus_port,
+                              workdir / "lpwa0", lpwa_devices, ble_tags)  # fmt: skip
+        config = parse_config(doc, workdir / "gateway.toml")
+        stop_gateway, stop_node = asyncio.Event(), asyncio.Event()
+        node_stats = NodeStats()
+        started: list[Gateway] = []
+        async with asyncio.TaskGroup() as tg:
+            say(f"gateway {GATEWAY_ID} running for {seconds:g} s: Modbus, BLE, LPWA and a node → outbox → agent")
+            gateway_task = tg.create_task(run_gateway(config, stop=stop_gateway, on_started=started.append))
+            node_task = tg.create_task(_node(local_endpoint, node_identity, node_stats, stop_node))
+            await asyncio.sleep(min(3.0, seconds / 2))
+            say("asset manager: heartbeat_s = 7 through the twin; the gateway applies it and reports back")
+            sent = await _api(
+                manager, "PATCH", f"/v1/gateways/{GATEWAY_ID}/twin/desired", {"delta": {"heartbeat_s": 7}}
+            )
+
+            async def applied() -> bool:
+                twin = await _api(manager, "GET", f"/v1/gateways/{GATEWAY_ID}/twin")
+                return bool(twin["reported_version"] >= sent["version"])
+
+            round_trip = await _wait_until(applied, 15)
+            twin = await _api(manager, "GET", f"/v1/gateways/{GATEWAY_ID}/twin")
+            settings = twin["reported"].get("settings", {})
+            detail = f"version {twin['reported_version']}, heartbeat_s {settings.get('heartbeat_s')}"
+            ok = round_trip and settings.get("heartbeat_s") == 7
+            checks.append(Check("twin round trip (desired → gateway → reported)", ok, detail))
+            await asyncio.sleep(max(0.0, seconds - min(3.0, seconds / 2)))
+            stop_node.set()
+            await node_task
+            stop_gateway.set()
+            gw = await gateway_task
+        stats = await _final_outbox_stats(config.outbox_path, config.outbox.budget_bytes)
+        expected = stats["accepted"] - stats["stored"] - stats["dropped"]
+
+        async def all_stored() -> bool:
+            return await _stored(registry) + sum(agent.metrics.readings_rejected.values()) >= expected
+
+        await _wait_until(all_stored, DRAIN_SECONDS)
+        listing = await _api(manager, "GET", "/v1/devices", limit=100)
+        gateway = await _api(manager, "GET", f"/v1/gateways/{GATEWAY_ID}")
+    return await _summary(agent, gw, stats, node_stats, checks, seconds, listing["items"], gateway)
+
+
+async def _stored(registry: Registry) -> int:
+    async with registry.engine.connect() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(readings_table))).scalar_one())
+
+
+async def _stored_per_message(registry: Registry) -> tuple[int, int]:
+    """(readings rows, distinct (gateway, seq, device, quantity, observed time)): equal when nothing is stored twice."""
+    async with registry.engine.connect() as conn:
+        rows = await _stored(registry)
+        key = sa.select(
+            readings_table.c.gateway_id, readings_table.c.seq, readings_table.c.device_id, readings_table.c.quantity,
+            readings_table.c.observed_at,
+        ).distinct()  # fmt: skip
+        distinct = (await conn.execute(sa.select(sa.func.count()).select_from(key.subquery()))).scalar_one()
+    return rows, int(distinct)
 
 
 async def _final_outbox_stats(path: Path, budget: int) -> dict[str, int]:
@@ -251,22 +426,32 @@ async def _final_outbox_stats(path: Path, budget: int) -> dict[str, int]:
     return {"accepted": stats.accepted_readings, "stored": stats.depth_readings, "dropped": stats.dropped_readings}
 
 
-def _summary(gw: Gateway, collector: Collector, stats: dict[str, int], node: NodeStats, checks: list[Check],
-             seconds: float) -> dict[str, Any]:  # fmt: skip
+async def _summary(
+    agent: AgentService,
+    gw: Gateway,
+    stats: dict[str, int],
+    node: NodeStats,
+    checks: list[Check],
+    seconds: float,
+    devices: list[dict[str, Any]],
+    gateway: dict[str, Any],
+) -> dict[str, Any]:
     by_source = {name: health.readings for name, health in gw.health.items()}
-    received_devices: dict[str, int] = {}
-    for payload in collector.payloads.values():
-        with contextlib.suppress(wire.WireError):
-            for reading in wire.decode_readings(payload).readings:
-                received_devices[reading.device_id] = received_devices.get(reading.device_id, 0) + 1
-    lost = stats["accepted"] - stats["stored"] - stats["dropped"] - collector.readings
-    seqs = collector.seqs(GATEWAY_ID)
+    rows, distinct = await _stored_per_message(agent.registry)
+    rejected = sum(agent.metrics.readings_rejected.values())
+    expected = stats["accepted"] - stats["stored"] - stats["dropped"]
+    lost = expected - rows - rejected
     for name, count in sorted(by_source.items()):
         checks.append(Check(f"source {name} produced readings", count > 0, f"{count} readings"))
     checks.append(Check("node readings acknowledged end to end", len(node.acked) > 0,
                         f"{len(node.acked)} of {node.sent} acknowledged by the gateway"))  # fmt: skip
-    checks.append(Check("every accepted reading delivered exactly once", lost == 0 and sorted(seqs) == list(
-        range(1, len(seqs) + 1)), f"{lost} lost, {collector.duplicates} duplicates deduplicated"))  # fmt: skip
+    inactive = [d["id"] for d in devices if d["state"] != "active"]
+    checks.append(Check("every device active after its first reading", not inactive,
+                        "all active" if not inactive else f"not active: {', '.join(inactive)}"))  # fmt: skip
+    checks.append(Check("every accepted reading stored exactly once", lost == 0 and rows == distinct and rejected == 0,
+                        f"{rows} stored, {lost} lost, {rows - distinct} stored twice, {rejected} rejected, "
+                        f"{agent.metrics.duplicates} redeliveries recognised"))  # fmt: skip
+    presence = gateway.get("presence") or {}
     return {
         "seconds": seconds,
         "identities": {
@@ -276,15 +461,17 @@ def _summary(gw: Gateway, collector: Collector, stats: dict[str, int], node: Nod
         "readings": {
             "accepted": stats["accepted"],
             "forwarded": gw.uplink.stats.published_readings,
-            "received": collector.readings,
+            "stored_by_agent": rows,
             "stored_at_exit": stats["stored"],
             "dropped_by_budget": stats["dropped"],
-            "duplicates": collector.duplicates,
+            "rejected_by_agent": rejected,
+            "redeliveries_recognised": agent.metrics.duplicates,
             "lost": lost,
         },
         "by_source": by_source,
-        "devices": dict(sorted(received_devices.items())),
-        "messages": {"received": len(seqs), "by_channel": collector.by_channel},
+        "devices": {d["id"]: {"kind": d["kind"], "state": d["state"]} for d in devices},
+        "gateway": {"id": GATEWAY_ID, "state": gateway["state"], "online": presence.get("online")},
+        "agent": agent.metrics.snapshot(),
         "commands": {"rejected_by_this_release": gw.commands_rejected},
         "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in checks],
         "ok": all(c.passed for c in checks),
@@ -296,7 +483,7 @@ def _print_human(summary: dict[str, Any]) -> None:
             for c in summary["checks"]]  # fmt: skip
     ui.print_table(rows, ["check", "result", "detail"])
     click.echo("")
-    ui.print_table([{"device": d, "readings": n} for d, n in summary["devices"].items()], ["device", "readings"])
+    ui.print_table([{"device": d, **v} for d, v in summary["devices"].items()], ["device", "kind", "state"])
     click.echo("")
     ui.print_kv(summary["readings"].items())
     click.echo("")

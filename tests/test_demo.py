@@ -9,7 +9,7 @@ import orjson
 from tests.fleet import KAKEHASHI
 
 
-def test_demo_runs_headless_with_every_source_and_loses_nothing() -> None:
+def test_demo_runs_headless_enrolls_stores_every_reading_once_and_round_trips_the_twin() -> None:
     result = subprocess.run(
         [*KAKEHASHI, "demo", "--seconds", "6", "--json"], capture_output=True, timeout=180, check=False
     )
@@ -19,10 +19,21 @@ def test_demo_runs_headless_with_every_source_and_loses_nothing() -> None:
     assert summary["identities"] == {"foreign_refused": True, "revoked_refused": True}
     assert set(summary["by_source"]) == {"modbus:meters", "ble", "lpwa", "nodes"}
     assert all(count > 0 for count in summary["by_source"].values())
-    devices = set(summary["devices"])
-    assert {"em-0001", "wm-0001", "wl-0101", "wl-0201", "bt-0001", "tag-0001"} <= devices
-    assert not any(d.startswith("stranger") for d in devices), "strangers' BLE tags never leave the gateway"
+    devices = summary["devices"]
+    assert {"em-0001", "wm-0001", "wl-0101", "wl-0201", "bt-0001", "tag-0001"} <= set(devices)
+    assert all(device["state"] == "active" for device in devices.values()), devices
+    assert summary["gateway"]["state"] == "active"
+    passed = {check["name"] for check in summary["checks"] if check["passed"]}
+    assert {
+        "CSV roll-out imported",
+        "gateway enrolled with a one-time token",
+        "twin round trip (desired → gateway → reported)",
+        "every accepted reading stored exactly once",
+    } <= passed
     readings = summary["readings"]
     assert readings["accepted"] > 0
     assert readings["lost"] == 0
-    assert readings["received"] + readings["stored_at_exit"] == readings["accepted"]
+    assert readings["rejected_by_agent"] == 0, "strangers' BLE tags never leave the gateway; every device is registered"
+    assert (
+        readings["stored_by_agent"] + readings["stored_at_exit"] + readings["dropped_by_budget"] == readings["accepted"]
+    )
