@@ -272,3 +272,24 @@ async def test_connection_and_usage_errors_are_one_line(agent: Agent, tmp_path: 
     usage = await agent.run("desired", "set", "wl-0000", "novalue")
     assert usage.code == 2
     assert "KEY=VALUE" in usage.err
+
+
+async def test_import_prints_a_report_row_by_row_and_fails_when_a_row_fails(agent: Agent, tmp_path: Path) -> None:
+    await _fleet(agent)
+    sheet = tmp_path / "rollout.csv"
+    sheet.write_text(
+        "id,organisation,kind,gateway\n"
+        "wl-0200,kakogawa,water_level,gw-0001\n"
+        "wl-0201,kakogawa,Water Level,gw-0001\n"
+        "wl-0202,kakogawa,water_level,gw-0001\n"
+    )
+    checked = await agent.run("import", str(sheet), "--dry-run", "--json")
+    assert checked.code == 1
+    assert [row["status"] for row in json.loads(checked.out)["rows"]] == ["valid", "failed", "valid"]
+    imported = await agent.run("import", str(sheet))
+    assert imported.code == 1
+    assert imported.out.splitlines()[-1] == "2 of 3 rows created, 1 failed"
+    assert "wl-0201" in imported.out
+    assert (await agent.registry.get_device("wl-0202")).gateway_id == "gw-0001"
+    missing = await agent.run("import", str(tmp_path / "nothing.csv"))
+    assert missing.error_line.startswith("error: cannot read")
