@@ -1,6 +1,10 @@
-"""The readings write path: one transaction per batch of messages from one gateway.
+"""The readings write path: one transaction per batch of messages, from one gateway or from many.
 
-1. The gateway passes the traffic gate (:mod:`device_registry.traffic`): refused unless provisioned or active.
+The statements are set-based over the whole batch whatever the number of gateways in it (one lookup of every
+entity mentioned, one claim of every sequence number, one insert of the history, one upsert of the latest values),
+so that the cost of a transaction does not grow with the number of gateways that happen to share it.
+
+1. Each gateway passes the traffic gate (:mod:`device_registry.traffic`): refused unless provisioned or active.
 2. Each message's sequence number is claimed (``ON CONFLICT DO NOTHING``); messages already stored are skipped, so
    at-least-once delivery has an exactly-once effect.
 3. Every device in the new messages is looked up once and judged:
@@ -22,6 +26,7 @@ import enum
 import functools
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
 
@@ -134,68 +139,121 @@ async def ingest(
     conn: AsyncConnection, gateway_id: str, messages: Sequence[Received], *, now: datetime
 ) -> IngestResult:
     """Store a batch of readings messages from ``gateway_id`` (see the module docstring)."""
-    total = sum(len(message.readings) for message in messages)
-    mentioned = {reading.device_id for message in messages for reading in message.readings}
-    known = await entities_by_id(conn, mentioned | {gateway_id})
-    gateway = known.get(gateway_id)
-    if gateway is None or gateway.role != "gateway":
-        raise NotFound(f"there is no gateway with id {gateway_id!r}")
-    admission = await traffic.admit_row(conn, gateway, now=now, refused_readings=total)
-    if not admission.accepted:
-        return IngestResult(rejected_inactive=total)
-    unique, repeats = _dedupe(messages)
-    new_seqs = await traffic.claim(conn, gateway, [(seq, m.received_at) for seq, m in unique.items()], "readings")
-    fresh = [message for seq, message in unique.items() if seq in new_seqs]
+    return (await ingest_many(conn, [(gateway_id, messages)], now=now))[0]
 
-    verdicts: dict[str, tuple[Verdict, str]] = {}
-    counts: Counter[Verdict] = Counter()
-    refused_seqs: defaultdict[str, set[int]] = defaultdict(set)
-    refused_per_device: Counter[str] = Counter()
+
+async def ingest_many(
+    conn: AsyncConnection, batches: Sequence[tuple[str, Sequence[Received]]], *, now: datetime
+) -> list[IngestResult]:
+    """Store readings messages of several gateways; one :class:`IngestResult` per ``batches`` entry, in order.
+
+    A gateway may appear more than once; its entries are merged (and their results then describe the merged batch,
+    reported on its first entry, with empty results on the others). Raises :class:`NotFound` for an unknown gateway
+    before writing anything.
+    """
+    merged: dict[str, list[Received]] = {}
+    for gateway_id, messages in batches:
+        merged.setdefault(gateway_id, []).extend(messages)
+    mentioned = {reading.device_id for ms in merged.values() for message in ms for reading in message.readings}
+    known = await entities_by_id(conn, mentioned | set(merged))
+    for gateway_id in merged:
+        found = known.get(gateway_id)
+        if found is None or found.role != "gateway":
+            raise NotFound(f"there is no gateway with id {gateway_id!r}")
+
+    admitted: dict[str, EntityRow] = {}
+    results: dict[str, IngestResult] = {}
+    activated: dict[str, list[str]] = {}
+    uniques: dict[str, dict[int, Received]] = {}
+    repeats: dict[str, int] = {}
+    for gateway_id in sorted(merged):
+        gateway = known[gateway_id]
+        total = sum(len(message.readings) for message in merged[gateway_id])
+        admission = await traffic.admit_row(conn, gateway, now=now, refused_readings=total)
+        if not admission.accepted:
+            results[gateway_id] = IngestResult(rejected_inactive=total)
+            continue
+        admitted[gateway_id] = gateway
+        activated[gateway_id] = [gateway_id] if admission.activated else []
+        uniques[gateway_id], repeats[gateway_id] = _dedupe(merged[gateway_id])
+
+    claims = [(gateway, seq, m.received_at) for gw, gateway in admitted.items() for seq, m in uniques[gw].items()]
+    new_seqs = await traffic.claim_many(conn, claims, "readings")
+
     history: list[dict[str, Any]] = []
     newest: dict[tuple[str, str], dict[str, Any]] = {}
-    for message in fresh:
-        for reading in message.readings:
-            device_id = reading.device_id
-            judged = verdicts.get(device_id)
-            if judged is None:
-                judged = verdicts[device_id] = _judge(device_id, known.get(device_id), gateway)
-            if judged[0] is not Verdict.STORE:
-                counts[judged[0]] += 1
-                refused_per_device[device_id] += 1
-                refused_seqs[device_id].add(message.seq)
+    judged: dict[str, dict[str, tuple[Verdict, str]]] = {}
+    tallies: dict[str, _Tally] = {}
+    for gateway_id, gateway in admitted.items():
+        verdicts = judged[gateway_id] = {}
+        tally = tallies[gateway_id] = _Tally()
+        for seq, message in uniques[gateway_id].items():
+            if (gateway_id, seq) not in new_seqs:
                 continue
-            row = _row(reading, gateway.id, message.seq, message.received_at)
-            history.append(row)
-            key = (device_id, reading.quantity)
-            current = newest.get(key)
-            if current is None or (row["observed_at"], row["seq"]) >= (current["observed_at"], current["seq"]):
-                newest[key] = row
+            tally.messages += 1
+            for reading in message.readings:
+                device_id = reading.device_id
+                judgement = verdicts.get(device_id)
+                if judgement is None:
+                    judgement = verdicts[device_id] = _judge(device_id, known.get(device_id), gateway)
+                if judgement[0] is not Verdict.STORE:
+                    tally.counts[judgement[0]] += 1
+                    tally.refused_per_device[device_id] += 1
+                    tally.refused_seqs[device_id].add(seq)
+                    continue
+                row = _row(reading, gateway_id, seq, message.received_at)
+                history.append(row)
+                tally.stored += 1
+                key = (device_id, reading.quantity)
+                current = newest.get(key)
+                if current is None or (row["observed_at"], row["seq"]) >= (current["observed_at"], current["seq"]):
+                    newest[key] = row
 
     if history:
         await conn.execute(readings.insert(), history)
         await conn.execute(_upsert_latest_statement(conn.dialect.name), [newest[key] for key in sorted(newest)])
-    activated = [gateway.id] if admission.activated else []
-    for device_id, (verdict, why) in verdicts.items():
-        found = known.get(device_id)
-        if device_id == gateway.id:
-            continue  # the gateway itself passed the gate above
-        if verdict is Verdict.STORE and found is not None and found.state is State.PROVISIONED:
-            if await activate_if_provisioned(conn, found, reason=f"first reading via gateway {gateway.id}", now=now):
-                activated.append(device_id)
-        elif verdict is Verdict.INACTIVE:
-            await traffic.count_refused(conn, device_id, refused_per_device[device_id])
-        elif verdict in (Verdict.UNBOUND, Verdict.UNBOUND_TAG):
-            seqs = sorted(refused_seqs[device_id])
-            await _audit_unbound(conn, gateway.id, device_id, verdict, why, refused_per_device[device_id], seqs, now)
-    return IngestResult(
-        messages=len(fresh),
-        duplicates=repeats + len(unique) - len(fresh),
-        stored=len(history),
-        rejected_unbound=counts[Verdict.UNBOUND] + counts[Verdict.UNBOUND_TAG],
-        rejected_no_consent=counts[Verdict.NO_CONSENT],
-        rejected_inactive=counts[Verdict.INACTIVE],
-        activated=tuple(activated),
-    )
+    for gateway_id in admitted:
+        tally = tallies[gateway_id]
+        for device_id, (verdict, why) in judged[gateway_id].items():
+            found = known.get(device_id)
+            if device_id == gateway_id:
+                continue  # the gateway itself passed the gate above
+            if verdict is Verdict.STORE and found is not None and found.state is State.PROVISIONED:
+                reason = f"first reading via gateway {gateway_id}"
+                if await activate_if_provisioned(conn, found, reason=reason, now=now):
+                    activated[gateway_id].append(device_id)
+                    known[device_id] = replace(found, state=State.ACTIVE)
+            elif verdict is Verdict.INACTIVE:
+                await traffic.count_refused(conn, device_id, tally.refused_per_device[device_id])
+            elif verdict in (Verdict.UNBOUND, Verdict.UNBOUND_TAG):
+                seqs = sorted(tally.refused_seqs[device_id])
+                count = tally.refused_per_device[device_id]
+                await _audit_unbound(conn, gateway_id, device_id, verdict, why, count, seqs, now)
+        unique = uniques[gateway_id]
+        results[gateway_id] = IngestResult(
+            messages=tally.messages,
+            duplicates=repeats[gateway_id] + len(unique) - tally.messages,
+            stored=tally.stored,
+            rejected_unbound=tally.counts[Verdict.UNBOUND] + tally.counts[Verdict.UNBOUND_TAG],
+            rejected_no_consent=tally.counts[Verdict.NO_CONSENT],
+            rejected_inactive=tally.counts[Verdict.INACTIVE],
+            activated=tuple(activated[gateway_id]),
+        )
+    answered: set[str] = set()
+    out: list[IngestResult] = []
+    for gateway_id, _ in batches:
+        out.append(IngestResult() if gateway_id in answered else results[gateway_id])
+        answered.add(gateway_id)
+    return out
+
+
+@dataclass
+class _Tally:
+    messages: int = 0
+    stored: int = 0
+    counts: Counter[Verdict] = field(default_factory=Counter)
+    refused_per_device: Counter[str] = field(default_factory=Counter)
+    refused_seqs: defaultdict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
 
 
 async def _audit_unbound(

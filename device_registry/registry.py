@@ -605,19 +605,18 @@ class Registry:
         the gateways' ``last_seen`` (see :mod:`device_registry.presence`) in the same transaction. Any refusal
         (an unknown gateway, an invalid sequence number) rolls the whole transaction back and is raised: the caller
         then retries gateway by gateway with :meth:`ingest_readings` so that one bad gateway cannot hold up the rest.
-        Gateways are written in id order so that concurrent agents take row locks in one order.
+        Rows are written in key order so that concurrent agents take row locks in one order.
         """
-        order = sorted(range(len(batches)), key=lambda index: batches[index][0])
-        results: list[IngestResult | None] = [None] * len(batches)
+        checked = [
+            (gateway_id, [item if isinstance(item, Received) else Received(*item) for item in batch])
+            for gateway_id, batch in batches
+        ]
         now = self._now()
         async with writing(self.engine) as conn:
-            for index in order:
-                gateway_id, batch = batches[index]
-                messages = [item if isinstance(item, Received) else Received(*item) for item in batch]
-                results[index] = await ingest.ingest(conn, gateway_id, messages, now=now)
+            results = await ingest.ingest_many(conn, checked, now=now) if checked else []
             if seen:
                 await presence.touch(conn, seen)
-        return [result for result in results if result is not None]
+        return results
 
     async def mark_received(self, gateway_id: str, seq: int, *, channel: str, received_at: float | None = None) -> bool:
         """Count an uplink message of another channel (events, acks) for dedupe and completeness; True if new."""

@@ -12,6 +12,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -87,6 +88,35 @@ async def claim(conn: AsyncConnection, gateway: EntityRow, seqs: Sequence[tuple[
     if not rows:
         return set()
     return {int(seq) for seq in (await conn.scalars(_claim_statement(conn.dialect.name), rows)).all()}
+
+
+@functools.cache
+def _claim_many_statement(dialect: str) -> ReturningInsert[Any]:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        insert(received_messages)
+        .on_conflict_do_nothing(index_elements=[received_messages.c.gateway_id, received_messages.c.seq])
+        .returning(received_messages.c.gateway_id, received_messages.c.seq)
+    )
+
+
+async def claim_many(
+    conn: AsyncConnection, claims: Sequence[tuple[EntityRow, int, float]], channel: str
+) -> set[tuple[str, int]]:
+    """:func:`claim` for the ``(gateway, seq, received_at)`` of several gateways in one statement; returns the new
+    ``(gateway id, seq)`` pairs. Rows are sent in (gateway, seq) order so concurrent agents lock in one order."""
+    first: dict[tuple[str, int], float] = {}
+    for gateway, seq, received_at in claims:
+        if seq > gateway.seq_floor:
+            first.setdefault((gateway.id, seq), received_at)
+    rows = [
+        {"gateway_id": gateway_id, "seq": seq, "channel": channel, "received_at": received_at}
+        for (gateway_id, seq), received_at in sorted(first.items())
+    ]
+    if not rows:
+        return set()
+    returned = await conn.execute(_claim_many_statement(conn.dialect.name), rows)
+    return {(str(row.gateway_id), int(row.seq)) for row in returned.all()}
 
 
 async def claim_one(conn: AsyncConnection, gateway: EntityRow, seq: int, received_at: float, channel: str) -> bool:

@@ -245,3 +245,26 @@ async def test_ingest_refuses_bad_input(registry: Registry, clock: FakeClock) ->
     await registry.create_gateway("gw-0002", "kakogawa", actor="admin")
     registered = await registry.ingest_readings("gw-0002", [(1, T0, [reading("gw-0002")])])
     assert registered.rejected_inactive == 1  # no certificate yet: it cannot have authenticated
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+async def test_batches_mixing_gateways_store_each_gateway_seq_once(
+    registry: Registry, clock: FakeClock, data: st.DataObject
+) -> None:
+    example = next(_examples)
+    gateways = [await provisioned_gateway(registry, clock, f"gw-m{example}-{g}") for g in range(3)]
+    devices = {gw: await bound_device(registry, f"wl-m{example}-{g}", gw) for g, gw in enumerate(gateways)}
+    deliveries = data.draw(
+        st.lists(st.tuples(st.sampled_from(gateways), st.integers(1, 12)), min_size=1, max_size=40), label="deliveries"
+    )
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(deliveries) - 1)), max_size=5), label="cuts"))
+    for a, b in itertools.pairwise([0, *cuts, len(deliveries)]):
+        batch = [
+            (gw, [(seq, T0 + seq, [reading(devices[gw], float(seq), at=T0 + seq)])]) for gw, seq in deliveries[a:b]
+        ]
+        if batch:
+            await registry.ingest_many(batch)
+    for gw in gateways:
+        expected = sorted({seq for g, seq in deliveries if g == gw})
+        assert [r.seq for r in await registry.history(devices[gw], limit=1000)] == expected
