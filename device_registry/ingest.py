@@ -30,10 +30,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
 
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql.expression import Executable
 
 from device_registry import audit, traffic, validation
 from device_registry.errors import NotFound
@@ -66,22 +63,58 @@ def value_columns(value: float | str | bool | bytes) -> tuple[float | None, str 
     return None, None, None, bytes(value)
 
 
-def _row(reading: wire.Reading, gateway_id: str, seq: int, received_at: float) -> dict[str, Any]:
+READING_COLUMNS: Final = (
+    "device_id", "quantity", "observed_at", "received_at", "gateway_id", "seq", "clock", "unit", "num", "text",
+    "flag", "data",
+)  # fmt: skip
+"""The columns of ``readings`` and ``latest`` the write path fills, in the order of :func:`_row`'s tuple."""
+_OBSERVED, _SEQ = READING_COLUMNS.index("observed_at"), READING_COLUMNS.index("seq")
+
+Row = tuple[Any, ...]
+
+
+def _row(reading: wire.Reading, gateway_id: str, seq: int, received_at: float) -> Row:
     num, text, flag, data = value_columns(reading.value)
-    return {
-        "device_id": reading.device_id,
-        "quantity": reading.quantity,
-        "observed_at": reading.observed_at,
-        "received_at": received_at,
-        "gateway_id": gateway_id,
-        "seq": seq,
-        "clock": reading.clock.value,
-        "unit": reading.unit,
-        "num": num,
-        "text": text,
-        "flag": flag,
-        "data": data,
-    }
+    return (
+        reading.device_id, reading.quantity, reading.observed_at, received_at, gateway_id, seq, reading.clock.value,
+        reading.unit, num, text, flag, data,
+    )  # fmt: skip
+
+
+def _placeholders(paramstyle: str, count: int) -> str:
+    if paramstyle == "qmark":
+        return ", ".join("?" for _ in range(count))
+    if paramstyle == "numeric_dollar":
+        return ", ".join(f"${index}" for index in range(1, count + 1))
+    if paramstyle == "format":
+        return ", ".join("%s" for _ in range(count))
+    raise ValueError(f"the registry does not know the DB-API parameter style {paramstyle!r}")
+
+
+@functools.cache
+def _insert_history_sql(paramstyle: str) -> str:
+    """The history insert as driver SQL: the hot path, executed with the driver's own ``executemany`` (SQLAlchemy's
+    per-row parameter processing would cost more than the database's work here; every value is a plain type)."""
+    columns = ", ".join(READING_COLUMNS)
+    return f"INSERT INTO {readings.name} ({columns}) VALUES ({_placeholders(paramstyle, len(READING_COLUMNS))})"
+
+
+@functools.cache
+def _upsert_latest_sql(paramstyle: str) -> str:
+    """The newest value per (device, quantity), kept by (observed time, sequence number) whatever the arrival order;
+    the same ``INSERT .. ON CONFLICT .. DO UPDATE .. WHERE`` on SQLite and PostgreSQL."""
+    columns = ", ".join(READING_COLUMNS)
+    updated = ", ".join(
+        f"{name} = excluded.{name}" for name in READING_COLUMNS if name not in ("device_id", "quantity")
+    )
+    newer = (
+        f"excluded.observed_at > {latest.name}.observed_at OR "
+        f"(excluded.observed_at = {latest.name}.observed_at AND excluded.seq > {latest.name}.seq)"
+    )
+    return (
+        f"INSERT INTO {latest.name} ({columns}) VALUES ({_placeholders(paramstyle, len(READING_COLUMNS))}) "
+        f"ON CONFLICT (device_id, quantity) DO UPDATE SET {updated} WHERE {newer}"
+    )
 
 
 def _judge(device_id: str, found: EntityRow | None, gateway: EntityRow) -> tuple[Verdict, str]:
@@ -117,22 +150,6 @@ def _dedupe(messages: Sequence[Received]) -> tuple[dict[int, Received], int]:
         else:
             first[message.seq] = message
     return first, repeats
-
-
-@functools.cache
-def _upsert_latest_statement(dialect: str) -> Executable:
-    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(latest)
-    excluded = insert.excluded
-    newer = sa.or_(
-        excluded.observed_at > latest.c.observed_at,
-        sa.and_(excluded.observed_at == latest.c.observed_at, excluded.seq > latest.c.seq),
-    )
-    updated = [column.name for column in latest.c if column.name not in ("device_id", "quantity")]
-    return insert.on_conflict_do_update(
-        index_elements=[latest.c.device_id, latest.c.quantity],
-        set_={name: excluded[name] for name in updated},
-        where=newer,
-    )
 
 
 async def ingest(
@@ -180,8 +197,8 @@ async def ingest_many(
     claims = [(gateway, seq, m.received_at) for gw, gateway in admitted.items() for seq, m in uniques[gw].items()]
     new_seqs = await traffic.claim_many(conn, claims, "readings")
 
-    history: list[dict[str, Any]] = []
-    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    history: list[Row] = []
+    newest: dict[tuple[str, str], Row] = {}
     judged: dict[str, dict[str, tuple[Verdict, str]]] = {}
     tallies: dict[str, _Tally] = {}
     for gateway_id, gateway in admitted.items():
@@ -206,12 +223,13 @@ async def ingest_many(
                 tally.stored += 1
                 key = (device_id, reading.quantity)
                 current = newest.get(key)
-                if current is None or (row["observed_at"], row["seq"]) >= (current["observed_at"], current["seq"]):
+                if current is None or (row[_OBSERVED], row[_SEQ]) >= (current[_OBSERVED], current[_SEQ]):
                     newest[key] = row
 
     if history:
-        await conn.execute(readings.insert(), history)
-        await conn.execute(_upsert_latest_statement(conn.dialect.name), [newest[key] for key in sorted(newest)])
+        paramstyle = conn.dialect.paramstyle
+        await conn.exec_driver_sql(_insert_history_sql(paramstyle), history)
+        await conn.exec_driver_sql(_upsert_latest_sql(paramstyle), [newest[key] for key in sorted(newest)])
     for gateway_id in admitted:
         tally = tallies[gateway_id]
         for device_id, (verdict, why) in judged[gateway_id].items():
