@@ -8,8 +8,8 @@ What runs (everything real except the hardware, which is simulated at its own in
   nodes (``--profile local``);
 * hardware simulators: a pymodbus TCP server with an SDM120 energy meter, a water meter and a water-level gauge; an
   IM920 920 MHz module on a socat PTY receiving from watch tags and a gauge; BLE watch tags (with rotating MACs, plus
-  strangers' tags that must be dropped) through a simulated bleak backend; a sensor node publishing water levels
-  to the local broker (host Python standing in for the MicroPython firmware);
+  strangers' tags that must be dropped) through a simulated bleak backend; the river water-level node's real
+  MicroPython firmware on the unix port (``kakehashi.demo_node``), reporting a flood to the gateway's local broker;
 * the real gateway service (``gateway.service``) reading all of them into its outbox and forwarding to the broker;
 * the cloud agent (``cloud_agent.service``) with its HTTPS API: an asset manager registers the gateway, imports the
   devices from a CSV sheet and makes a one-time enrollment token; the gateway makes its key and enrolls over HTTPS;
@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +48,9 @@ from hw.ble.population import population as ble_population
 from hw.ble.simulator import SimulatedAir, attached
 from hw.lpwa.simulator import LpwaModuleSimulator, default_population, gateway_toml
 from hw.modbus.simulator import ModbusSimulator
-from kakehashi import ui, wire
+from kakehashi import ui
 from kakehashi.broker.runner import AccessProfile, run_broker
+from kakehashi.demo_node import NodeStats, run_node
 from kakehashi.identity import Role
 from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
 from kakehashi.mqtt_link import LinkError, MqttLink
@@ -70,12 +71,6 @@ class Check:
     name: str
     passed: bool
     detail: str
-
-
-@dataclass
-class NodeStats:
-    sent: int = 0
-    acked: set[int] = field(default_factory=set)
 
 
 async def _refused(endpoint: BrokerEndpoint, identity: TlsIdentity, client_id: str) -> tuple[bool, str]:
@@ -103,39 +98,6 @@ async def _broker(ca: CertificateAuthority, rundir: Path, profile: AccessProfile
     finally:
         stop.set()
         await task
-
-
-async def _node(endpoint: BrokerEndpoint, identity: TlsIdentity, stats: NodeStats, stop: asyncio.Event) -> None:
-    """A water-level node: one reading a second on up/readings, kept until the gateway's relay ack arrives."""
-    pending: dict[int, bytes] = {}
-    seq = 0
-    level = 1.20
-    topic = wire.node_topic_for(NODE_ID, wire.NodeChannel.READINGS)
-    while not stop.is_set():
-        try:
-            async with MqttLink(
-                endpoint, identity, client_id=NODE_ID, clean_start=False, session_expiry_s=3600
-            ) as link:
-                await link.subscribe([wire.node_topic_for(NODE_ID, wire.NodeChannel.RELAY_ACK)])
-                for old_seq in sorted(pending):  # ring buffer replay after a link loss, in order
-                    await link.publish(topic, pending[old_seq])
-                while not stop.is_set():
-                    seq += 1
-                    level = round(level + 0.01 * ((seq % 7) - 3), 3)
-                    reading = wire.Reading(NODE_ID, "water_level", level, "m", round(time.time(), 3),
-                                           wire.ClockQuality.SYNCED)  # fmt: skip
-                    pending[seq] = wire.encode_readings(wire.ReadingsMessage(seq, time.time(), (reading,)))
-                    await link.publish(topic, pending[seq])
-                    stats.sent += 1
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 1.0)
-                    while not link.messages.empty():
-                        acked = wire.decode_relay_ack(link.messages.get_nowait().payload)
-                        stats.acked.add(acked)
-                        pending.pop(acked, None)
-        except LinkError:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
 
 
 def _gateway_config(workdir: Path, fleet: BrokerEndpoint, local: BrokerEndpoint, gateway: TlsIdentity,
@@ -364,7 +326,11 @@ async def _with_agent(
         async with asyncio.TaskGroup() as tg:
             say(f"gateway {GATEWAY_ID} running for {seconds:g} s: Modbus, BLE, LPWA and a node → outbox → agent")
             gateway_task = tg.create_task(run_gateway(config, stop=stop_gateway, on_started=started.append))
-            node_task = tg.create_task(_node(local_endpoint, node_identity, node_stats, stop_node))
+            node_ready = asyncio.Event()
+            node_task = tg.create_task(
+                run_node(workdir, NODE_ID, local_endpoint, node_identity, node_stats, stop_node, ready=node_ready)
+            )
+            await node_ready.wait()
             await asyncio.sleep(min(3.0, seconds / 2))
             say("asset manager: heartbeat_s = 7 through the twin; the gateway applies it and reports back")
             sent = await _api(
@@ -394,6 +360,8 @@ async def _with_agent(
 
         await _wait_until(all_stored, DRAIN_SECONDS)
         listing = await _api(manager, "GET", "/v1/devices", limit=100)
+        node_latest = await _api(manager, "GET", f"/v1/devices/{NODE_ID}/latest")
+        node_stats.latest = {item["quantity"]: item["value"] for item in node_latest["items"]}
         gateway = await _api(manager, "GET", f"/v1/gateways/{GATEWAY_ID}")
     return await _summary(agent, gw, stats, node_stats, checks, seconds, listing["items"], gateway)
 
@@ -443,8 +411,10 @@ async def _summary(
     lost = expected - rows - rejected
     for name, count in sorted(by_source.items()):
         checks.append(Check(f"source {name} produced readings", count > 0, f"{count} readings"))
-    checks.append(Check("node readings acknowledged end to end", len(node.acked) > 0,
-                        f"{len(node.acked)} of {node.sent} acknowledged by the gateway"))  # fmt: skip
+    firmware = node.firmware + (f" ({node.fallback_reason})" if node.fallback_reason else "")
+    checks.append(Check("edge node runs the MicroPython firmware", node.fallback_reason is None, firmware))
+    checks.append(Check("node readings acknowledged end to end", len(node.acked) > 0 and node.unacked_at_end == 0,
+                        f"{len(node.acked)} of {node.sent} messages acknowledged by the gateway's relay"))  # fmt: skip
     inactive = [d["id"] for d in devices if d["state"] != "active"]
     checks.append(Check("every device active after its first reading", not inactive,
                         "all active" if not inactive else f"not active: {', '.join(inactive)}"))  # fmt: skip
@@ -471,6 +441,13 @@ async def _summary(
         "by_source": by_source,
         "devices": {d["id"]: {"kind": d["kind"], "state": d["state"]} for d in devices},
         "gateway": {"id": GATEWAY_ID, "state": gateway["state"], "online": presence.get("online")},
+        "node": {
+            "id": NODE_ID,
+            "firmware": node.firmware,
+            "wakes": node.wakes,
+            "acknowledged": len(node.acked),
+            "latest": node.latest,
+        },
         "agent": agent.metrics.snapshot(),
         "commands": {"rejected_by_this_release": gw.commands_rejected},
         "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in checks],
@@ -484,6 +461,10 @@ def _print_human(summary: dict[str, Any]) -> None:
     ui.print_table(rows, ["check", "result", "detail"])
     click.echo("")
     ui.print_table([{"device": d, **v} for d, v in summary["devices"].items()], ["device", "kind", "state"])
+    click.echo("")
+    node = summary["node"]
+    latest = ", ".join(f"{quantity} {value}" for quantity, value in sorted(node["latest"].items()))
+    click.echo(f"node {node['id']} ({node['firmware']}, {node['wakes']} wakes), latest in the registry: {latest}")
     click.echo("")
     ui.print_kv(summary["readings"].items())
     click.echo("")

@@ -29,7 +29,12 @@ def test_demo_runs_headless_enrolls_stores_every_reading_once_and_round_trips_th
         "gateway enrolled with a one-time token",
         "twin round trip (desired → gateway → reported)",
         "every accepted reading stored exactly once",
+        "edge node runs the MicroPython firmware",
     } <= passed
+    node = summary["node"]
+    assert node["firmware"] == "MicroPython unix port"
+    assert node["acknowledged"] == node["wakes"] > 0
+    assert "level" in node["latest"], "the node's water level reached the registry through the gateway"
     readings = summary["readings"]
     assert readings["accepted"] > 0
     assert readings["lost"] == 0
