@@ -33,6 +33,7 @@ from device_registry import (
     twin,
     validation,
 )
+from device_registry.command_methods import CommandMethods
 from device_registry.database import Synchronous, open_registry, reading, writing
 from device_registry.errors import InvalidInput, RegistryError, StaleVersion, TokenRefused, TrafficRefused
 from device_registry.lifecycle import WATCH_TAG, State
@@ -73,8 +74,11 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class Registry:
-    """Gateways, devices, lifecycle, certificates, enrollment, twins, readings and audit on one database."""
+class Registry(CommandMethods):
+    """Gateways, devices, lifecycle, certificates, enrollment, twins, commands, readings and audit on one database.
+
+    The command methods come from :class:`~device_registry.command_methods.CommandMethods`.
+    """
 
     def __init__(
         self,
@@ -474,13 +478,12 @@ class Registry:
         now = self._now()
         async with writing(self.engine) as conn:
             gateway = await inventory.entity(conn, gateway_id, role="gateway")
-            refusal: TokenRefused | None
-            if gateway.state is State.DECOMMISSIONED:
+            # the token first: only someone holding a valid token for this gateway learns its lifecycle state
+            refusal = await enrollment.consume(conn, token, gateway_id, now=now)
+            if refusal is None and gateway.state is State.DECOMMISSIONED:
                 refusal = TokenRefused(
                     f"gateway {gateway_id} is decommissioned: it cannot enroll", reason="gateway_decommissioned"
                 )
-            else:
-                refusal = await enrollment.consume(conn, token, gateway_id, now=now)
             await audit.append(
                 conn,
                 at=now,

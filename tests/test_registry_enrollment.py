@@ -80,6 +80,9 @@ async def test_tokens_for_decommissioned_gateways_and_bad_lifetimes(registry: Re
         await registry.create_enrollment_token(gateway, actor="tech-3", ttl=timedelta(days=31))
     token = await registry.create_enrollment_token(gateway, actor="tech-3")
     await registry.transition(gateway, State.DECOMMISSIONED, "admin", "never installed")
+    with pytest.raises(TokenRefused) as guessed:  # without a valid token nobody learns the gateway's state
+        await registry.consume_enrollment_token("not-the-token", gateway)
+    assert guessed.value.reason == "token_unknown"
     with pytest.raises(TokenRefused) as refused:
         await registry.consume_enrollment_token(token, gateway)
     assert refused.value.reason == "gateway_decommissioned"
