@@ -7,6 +7,7 @@ Start with :class:`Registry` (``await Registry.open(url)``); ``docs/registry.md`
 from device_registry.database import open_registry
 from device_registry.errors import (
     AlreadyExists,
+    CommandRefused,
     DatabaseSetupError,
     IllegalTransition,
     InvalidInput,
@@ -25,6 +26,9 @@ from device_registry.models import (
     ApiToken,
     AuditEntry,
     Certificate,
+    Command,
+    CommandState,
+    CommandStep,
     Completeness,
     DesiredDelta,
     Device,
@@ -56,6 +60,10 @@ __all__ = [
     "ApiToken",
     "AuditEntry",
     "Certificate",
+    "Command",
+    "CommandRefused",
+    "CommandState",
+    "CommandStep",
     "Completeness",
     "DatabaseSetupError",
     "DesiredDelta",

@@ -80,3 +80,18 @@ class DatabaseSetupError(RegistryError):
     """The database URL or the database itself cannot be used (unsupported driver, no WAL, ...)."""
 
     reason = "database"
+
+
+class CommandRefused(RegistryError):
+    """A command cannot be created or moved as asked; ``http_status`` is how the API answers it.
+
+    Reasons: ``device_inactive`` (the device is not provisioned or active), ``gateway_inactive``, ``device_unbound``,
+    ``idempotency_conflict`` (the key was used for another command), ``illegal_transition`` (the command's state
+    does not allow it), ``command_expired``, ``confirmation_by_requester`` (a second person must confirm).
+    """
+
+    reason = "command_refused"
+
+    def __init__(self, message: str, *, reason: str, http_status: int = 409) -> None:
+        super().__init__(message, reason=reason)
+        self.http_status = http_status

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from device_registry.database import reading, writing
 from device_registry.errors import SchemaMismatch
-from device_registry.schema import VERSION_1_TABLES, api_tokens, presence, schema_version
+from device_registry.schema import VERSION_1_TABLES, api_tokens, command_steps, commands, presence, schema_version
 
 __all__ = ["HEAD", "MIGRATIONS", "Migration", "MigrationReport", "check_schema", "current_version", "migrate"]
 
@@ -47,6 +47,11 @@ def _create_tables(conn: Connection) -> None:
 def _create_presence_and_api_tokens(conn: Connection) -> None:
     presence.create(conn)
     api_tokens.create(conn)
+
+
+def _create_commands(conn: Connection) -> None:
+    commands.create(conn)
+    command_steps.create(conn)
 
 
 _SQLITE_AUDIT_GUARD: Final = (
@@ -76,6 +81,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(1, "registry tables", _create_tables),
     Migration(2, "append-only audit log", _guard_audit_log),
     Migration(3, "gateway presence and API tokens", _create_presence_and_api_tokens),
+    Migration(4, "commands", _create_commands),
 )
 HEAD: Final = MIGRATIONS[-1].version
 """The schema version this software needs."""

@@ -320,6 +320,78 @@ class ApiToken:
     revoked_at: datetime | None
 
 
+class CommandState(StrEnum):
+    """Where a command is in its lifecycle (see :mod:`device_registry.command_rules` for the allowed moves)."""
+
+    AWAITING_CONFIRMATION = "awaiting_confirmation"
+    """Its profile marks it as needing a second person; nothing is sent until one confirms it."""
+    QUEUED = "queued"
+    """Waiting for its gateway (offline, or another command of the device still running): pending until the deadline."""
+    SENT = "sent"
+    """Published to the gateway."""
+    DELIVERED = "delivered"
+    """The gateway acknowledged it and is executing it."""
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    """The device or gateway refused or could not do it; ``reason`` says why."""
+    EXPIRED = "expired"
+    """Its deadline passed before it finished; the gateway never starts a command past its deadline."""
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """Succeeded, failed, expired or cancelled: the command never changes again."""
+        return self in _FINAL_COMMAND_STATES
+
+
+_FINAL_COMMAND_STATES: frozenset[CommandState] = frozenset(
+    {CommandState.SUCCEEDED, CommandState.FAILED, CommandState.EXPIRED, CommandState.CANCELLED}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A command to one device behind its gateway, as the registry keeps it."""
+
+    id: str
+    """``c-`` and 20 characters; ids sort in creation order (the first ten encode the creation millisecond)."""
+    device_id: str
+    gateway_id: str
+    """The gateway the device was bound to when the command was created; it executes it."""
+    name: str
+    params: JSONObject
+    state: CommandState
+    idempotency_key: str
+    deadline: float
+    """Epoch seconds; past it the command is expired and never executed."""
+    precondition_version: int | None
+    """Run only if the gateway's reported twin version is still this one (compare-and-set), when given."""
+    requires_confirmation: bool
+    requested_by: str
+    confirmed_by: str | None
+    created_at: datetime
+    updated_at: datetime
+    reason: str | None
+    """Why it failed, expired or was cancelled."""
+    result: JSONObject | None
+    """What the device answered (a read-back, a node's result), when it did."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandStep:
+    """One transition in a command's history: the state entered, when, by whom, and why."""
+
+    command_id: str
+    seq: int
+    """1 for the creation, then one more per transition."""
+    at: datetime
+    state: CommandState
+    actor: str
+    """A person (API token name), the gateway id, or ``system`` (the agent: sending, expiry)."""
+    reason: str | None
+    detail: JSONObject = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class ApiPrincipal:
     """Who an API request acts as: the token's name (the audit log's actor) and role."""

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from device_registry.columns import BigId, EntityId, JsonDocument, UtcDateTime
 from device_registry.lifecycle import WATCH_TAG, State
+from device_registry.models import CommandState
 
 metadata: Final = sa.MetaData(
     naming_convention={
@@ -260,8 +261,51 @@ api_tokens: Final = sa.Table(
 )
 """Bearer tokens of the HTTPS API, stored only hashed; ``name`` is the person or system the audit log names."""
 
+_COMMAND_STATES: Final = ", ".join(f"'{state.value}'" for state in CommandState)
+
+commands: Final = sa.Table(
+    "commands",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("device_id", EntityId, sa.ForeignKey("entities.id"), nullable=False),
+    sa.Column("gateway_id", EntityId, sa.ForeignKey("entities.id"), nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("params", JsonDocument, nullable=False),
+    sa.Column("state", sa.String(24), nullable=False),
+    sa.Column("idempotency_key", sa.String(128), nullable=False),
+    sa.Column("deadline", sa.Double, nullable=False),
+    sa.Column("precondition_version", sa.BigInteger),
+    sa.Column("requires_confirmation", sa.Boolean, nullable=False),
+    sa.Column("requested_by", sa.String(128), nullable=False),
+    sa.Column("confirmed_by", sa.String(128)),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("reason", sa.String(1024)),
+    sa.Column("result", JsonDocument),
+    sa.CheckConstraint(f"state IN ({_COMMAND_STATES})", name="state"),
+    sa.Index(None, "device_id", "idempotency_key", unique=True),
+    sa.Index(None, "gateway_id", "state", "created_at"),
+    sa.Index(None, "state", "deadline"),
+)
+"""Commands to devices; ids sort in creation order. A repeated (device, idempotency key) is the same command."""
+
+command_steps: Final = sa.Table(
+    "command_steps",
+    metadata,
+    sa.Column("command_id", sa.String(64), sa.ForeignKey("commands.id"), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("at", UtcDateTime, nullable=False),
+    sa.Column("state", sa.String(24), nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("reason", sa.String(1024)),
+    sa.Column("detail", JsonDocument, nullable=False),
+)
+"""Every state a command entered: its whole history (also in the audit log as ``command.<state>``)."""
+
 VERSION_1_TABLES: Final = tuple(
-    table for table in metadata.sorted_tables if table not in (schema_version, presence, api_tokens)
+    table
+    for table in metadata.sorted_tables
+    if table not in (schema_version, presence, api_tokens, commands, command_steps)
 )
 """The tables migration 1 creates (the schema of the first release)."""
 
