@@ -171,7 +171,7 @@ class Command:
 
     Examples: a valve's ``open`` is ``point = "valve_open", value = true``; a gauge's ``set_mode`` is
     ``point = "mode", choices = {normal = 0, flood = 1}``; ``set_sample_interval`` is only
-    ``point = "sample_interval"``.
+    ``point = "sample_interval"``. ``confirm`` marks a command a second person must confirm before it is sent.
     """
 
     name: str
@@ -179,6 +179,7 @@ class Command:
     value: PointValue | None = None
     choices: Mapping[str, PointValue] = field(default_factory=dict)
     description: str = ""
+    confirm: bool = False
 
     def resolve(self, argument: PointValue | str | None = None) -> PointValue:
         """The value to write for this command, given its argument when it takes one."""

@@ -62,7 +62,7 @@ _POINT_KEYS = frozenset(
     {"name", "function", "address", "type", "order", "scale", "offset", "unit", "description", "writable"}
     | {"min", "max", "verify_readback", "alarm_above", "alarm_below", "alarm_when", "sim"}
 )
-_COMMAND_KEYS = frozenset({"point", "value", "choices", "description"})
+_COMMAND_KEYS = frozenset({"point", "value", "choices", "description", "confirm"})
 _SIM_KEYS: dict[str, frozenset[str]] = {
     "constant": frozenset({"value"}),
     "wave": frozenset({"mean", "amplitude", "period_s", "noise"}),
@@ -298,17 +298,19 @@ class _Reader:
         if not point.writable:
             raise self.fail(where, f"point {point.name!r} is not writable; set writable = true on it")
         description = self.text(where, raw, "description", "")
+        confirm = self.flag(where, raw, "confirm", False)
         if "value" in raw and "choices" in raw:
             raise self.fail(where, "give value = <v> or choices = { <argument> = <v>, ... }, not both")
         if "value" in raw:
-            return Command(name, point.name, self.command_value(where, point, raw["value"]), description=description)
+            value = self.command_value(where, point, raw["value"])
+            return Command(name, point.name, value, description=description, confirm=confirm)
         if "choices" not in raw:
-            return Command(name, point.name, description=description)
+            return Command(name, point.name, description=description, confirm=confirm)
         choices = raw["choices"]
         if not isinstance(choices, dict) or not choices:
             raise self.fail(where, "choices must be a non-empty table such as { normal = 0, flood = 1 }")
         resolved = {arg: self.command_value(f"{where} choice {arg!r}", point, v) for arg, v in choices.items()}
-        return Command(name, point.name, None, resolved, description=description)
+        return Command(name, point.name, None, resolved, description=description, confirm=confirm)
 
     def command_value(self, where: str, point: Point, value: object) -> PointValue:
         if point.type is DataType.BOOL:
