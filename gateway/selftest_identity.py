@@ -46,7 +46,8 @@ def _chain_problem(leaf: x509.Certificate, bundle: list[x509.Certificate], now: 
 
 
 def identity_checks(config: GatewayConfig, now: datetime | None = None) -> list[Check]:
-    """Files present, key matches certificate, certificate in date (warn under 30 days), chain to the bundle."""
+    """Files present, key matches certificate, certificate of this gateway and in date (warn under 30 days), chain to
+    the bundle."""
     now = now or datetime.now(UTC)
     uplink = config.uplink
     missing = [str(p) for p in (uplink.ca_file, uplink.cert_file, uplink.key_file) if not p.is_file()]
@@ -84,6 +85,7 @@ def identity_checks(config: GatewayConfig, now: datetime | None = None) -> list[
         )
     else:
         checks.append(Check.ok("key matches certificate", f"serial {certificate.serial_number:x}"))
+    checks.append(_names(certificate, config.gateway.id))
     checks.append(_dates(certificate, now))
     try:
         bundle = x509.load_pem_x509_certificates(uplink.ca_file.read_bytes())
@@ -102,6 +104,17 @@ def identity_checks(config: GatewayConfig, now: datetime | None = None) -> list[
             )
         )
     return checks
+
+
+def _names(certificate: x509.Certificate, gateway_id: str) -> Check:
+    names = [str(a.value) for a in certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)]
+    if names != [gateway_id]:
+        return Check.failed(
+            "certificate identity",
+            f"the certificate is for {', '.join(names) or 'no name'}, the config says {gateway_id}",
+            "fix [gateway] id, or point [uplink] at this gateway's own certificate and key",
+        )
+    return Check.ok("certificate identity", f"CN={gateway_id}")
 
 
 def _dates(certificate: x509.Certificate, now: datetime) -> Check:

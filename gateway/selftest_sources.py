@@ -3,9 +3,9 @@
 * **Modbus**: per bus, one connection (timeout at most 1 s) and one read of each device's first profile point (one
   register block) through the gateway's own :class:`~gateway.sources.modbus_link.ModbusLink`.
 * **Serial ports** (LPWA modules, Modbus RTU): present, and openable (with the LPWA source's own exclusive opener).
-  A port another process holds (the running gateway locks its LPWA ports) is reported as in use rather than
-  opened: two readers on one serial line steal each other's bytes, so a Modbus RTU bus in use is not polled (stop
-  the service to test it).
+  A port locked by another opener (the running gateway locks its LPWA ports) passes as in use. A Modbus RTU port
+  that another process has open (read from ``/proc``) is not polled: two readers on one serial line steal each
+  other's bytes (stop the service to test it).
 * **Bluetooth**: a scanner started and stopped at once on the configured adapter, in the configured mode, through
   the BLE source's own opener (the same BlueZ calls the service makes; BlueZ lets several clients scan at once).
 """
@@ -35,36 +35,30 @@ BLE_TIMEOUT_S: Final = 5.0
 SERIAL_TIMEOUT_S: Final = 5.0
 
 
-def port_holders(port: str) -> list[int]:
-    """Ids of the other processes that have ``port`` open (read from ``/proc/<pid>/fd``)."""
-    try:
-        target = os.path.realpath(port)
-    except OSError:
-        return []
+def port_holders(port: str) -> list[str]:
+    """The other processes that have ``port`` open, as ``name (pid)``, read from ``/proc/<pid>/fd``."""
+    target = os.path.realpath(port)
     holders = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+            if target in links:
+                holders.append(f"{(entry / 'comm').read_text().strip()} ({entry.name})")
         except OSError:
             continue
-        if target in links:
-            holders.append(int(entry.name))
     return holders
 
 
 async def serial_check(name: str, port: str, baudrate: int) -> Check:
-    """The serial ``port`` exists and can be opened (or is held by another process, the running gateway)."""
+    """The serial ``port`` exists and opens; a port locked by another opener (the running gateway) passes too."""
     if not Path(port).exists():  # noqa: ASYNC240 - one stat of a device node
         return Check.failed(
             name,
             f"{port} does not exist",
             "plug the USB adapter in and check `ls /dev/serial/by-id/`; use that stable path in the config",
         )
-    holders = port_holders(port)
-    if holders:
-        return Check.ok(name, f"{port} present, in use by process {', '.join(map(str, holders))} (the gateway)")
     try:
         async with asyncio.timeout(SERIAL_TIMEOUT_S):
             _, writer = await open_serial(port, baudrate)
@@ -72,7 +66,7 @@ async def serial_check(name: str, port: str, baudrate: int) -> Check:
     except (OSError, ValueError) as exc:  # serial.SerialException is an OSError
         text = str(exc)
         if "lock" in text.lower():
-            return Check.ok(name, f"{port} present, locked by another process (the gateway)")
+            return Check.ok(name, f"{port} present, locked by another process (the running gateway)")
         return Check.failed(
             name,
             f"cannot open {port}: {text}",
@@ -101,7 +95,7 @@ async def _bus_checks(bus: ModbusTcpBusConfig | ModbusRtuBusConfig) -> list[Chec
                 Check(
                     f"modbus bus {label}",
                     Status.UNKNOWN,
-                    f"{bus.port} is in use by process {', '.join(map(str, holders))}: devices not polled",
+                    f"{bus.port} is in use by {', '.join(holders)}: devices not polled",
                     "stop the gateway (`systemctl stop kakehashi-gateway`) to poll its RS-485 devices, then start it",
                 )
             ]
