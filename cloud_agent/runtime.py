@@ -23,6 +23,9 @@ class AgentActions(Protocol):
     async def desired_changed(self, gateway_id: str) -> None:
         """A desired delta was queued for ``gateway_id``: deliver the pending deltas now if it is online."""
 
+    async def commands_changed(self, gateway_id: str) -> None:
+        """New or cancelled commands for the gateway: send what can be sent now."""
+
     async def identity_revoked(self, entity_id: str, reason: str) -> None:
         """The registry revoked ``entity_id``'s certificates (decommission, replaced hardware): revoke them at the
         CA and publish the CRL. ``reason`` is a CRL reason (a key of ``cloud_agent.pki.authority.REVOCATION_REASONS``:

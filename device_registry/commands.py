@@ -25,6 +25,8 @@ from kakehashi.wire import JSONObject
 
 MAX_PAGE: Final = 1000
 _BUSY: Final = (CommandState.SENT.value, CommandState.DELIVERED.value)
+_WHY: Final = frozenset({CommandState.FAILED, CommandState.EXPIRED, CommandState.CANCELLED})
+"""States whose step reason is also the command's ``reason`` (why it did not succeed)."""
 _MAY_RECEIVE: Final = tuple(state.value for state in ACCEPTS_TRAFFIC)
 _OPEN: Final = tuple(state.value for state in CommandState if not state.is_final)
 
@@ -180,7 +182,7 @@ async def move(
     """Move ``current`` (read with a lock) to ``target`` or raise ``CommandRefused``; recorded and audited."""
     check_move(current.id, current.state, target)
     values: dict[str, object] = {"state": target.value, "updated_at": now}
-    if reason is not None and target is not CommandState.QUEUED:
+    if reason is not None and target in _WHY:
         values["reason"] = reason
     if result is not None:
         values["result"] = result

@@ -29,10 +29,16 @@ class RecorderActions:
 
     desired: list[str] = field(default_factory=list)
     revoked: list[tuple[str, str]] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
     fail_delivery: bool = False
 
     async def desired_changed(self, gateway_id: str) -> None:
         self.desired.append(gateway_id)
+        if self.fail_delivery:
+            raise ConnectionError("broker gone")
+
+    async def commands_changed(self, gateway_id: str) -> None:
+        self.commands.append(gateway_id)
         if self.fail_delivery:
             raise ConnectionError("broker gone")
 

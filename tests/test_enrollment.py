@@ -40,6 +40,9 @@ class NoActions:
     async def desired_changed(self, gateway_id: str) -> None:
         raise AssertionError("enrollment changes no desired state")
 
+    async def commands_changed(self, gateway_id: str) -> None:
+        raise AssertionError("enrollment sends no command")
+
     async def identity_revoked(self, entity_id: str, reason: str) -> None:
         raise AssertionError("enrollment revokes nothing")
 

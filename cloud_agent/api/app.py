@@ -22,6 +22,7 @@ from cloud_agent.api.routes import (
     agent,
     api_tokens,
     audit,
+    commands,
     devices,
     enrollment_tokens,
     gateways,
@@ -42,6 +43,7 @@ ROUTERS: Final[tuple[Callable[[AgentRuntime], APIRouter], ...]] = (
     lookup.router,
     lifecycle.router,
     twin.router,
+    commands.router,
     readings.router,
     enrollment_tokens.router,
     audit.router,
@@ -51,11 +53,12 @@ ROUTERS: Final[tuple[Callable[[AgentRuntime], APIRouter], ...]] = (
 )
 
 DESCRIPTION: Final = """\
-Registry queries, lifecycle actions, twins, readings, enrollment tokens, audit and API tokens of the Kakehashi fleet.
+Registry queries, lifecycle actions, twins, commands, readings, enrollment tokens, audit and API tokens of the
+Kakehashi fleet.
 
 Send an API token as `Authorization: Bearer kh_...`. Roles: **admin** (everything, including API tokens),
-**asset-manager** (register and change gateways and devices, lifecycle, desired state, enrollment tokens, bulk
-import), **viewer** (read everything except API tokens), **city-os** (read gateways, devices, latest values and
+**asset-manager** (register and change gateways and devices, lifecycle, desired state, commands, enrollment tokens,
+bulk import), **viewer** (read everything except API tokens), **city-os** (read gateways, devices, latest values and
 history). Every error answers `{"error": "<reason code>", "detail": "<what is wrong and how to fix it>"}`.
 """
 
