@@ -94,6 +94,13 @@ class PresenceSection(_Strict):
     check_interval_s: float = Field(default=5.0, ge=0.05, le=3600.0)
 
 
+class CommandsSection(_Strict):
+    sweep_s: float = Field(default=5.0, ge=0.05, le=3600.0, description="how often to expire, dispatch and resend")
+    resend_after_s: float = Field(
+        default=15.0, ge=0.1, le=3600.0, description="publish a sent command again if not acknowledged by then"
+    )
+
+
 class ApiSection(_Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -116,6 +123,7 @@ class AgentConfig(_Strict):
     database: DatabaseSection = Field(default_factory=DatabaseSection)
     ingest: IngestSection = Field(default_factory=IngestSection)
     presence: PresenceSection = Field(default_factory=PresenceSection)
+    commands: CommandsSection = Field(default_factory=CommandsSection)
     api: ApiSection = Field(default_factory=ApiSection)
     pki: PkiSection = Field(default_factory=PkiSection)
     retention: RetentionSection = Field(default_factory=RetentionSection)

@@ -14,6 +14,7 @@ import contextlib
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from cloud_agent.command_dispatch import CommandDispatch
 from cloud_agent.ingest import TRANSIENT_ERRORS
 from cloud_agent.metrics import AgentMetrics
 from cloud_agent.pki.authority import CertificateAuthority
@@ -107,13 +108,23 @@ async def _first(wake: asyncio.Event, stop: asyncio.Event) -> None:
 class FleetActions:
     """The running agent's :class:`~cloud_agent.runtime.AgentActions`."""
 
-    def __init__(self, twin: TwinDelivery, authority: CertificateAuthority | None, crl: CrlPublisher | None) -> None:
+    def __init__(
+        self,
+        twin: TwinDelivery,
+        authority: CertificateAuthority | None,
+        crl: CrlPublisher | None,
+        commands: CommandDispatch,
+    ) -> None:
         self._twin = twin
+        self._commands = commands
         self._authority = authority
         self._crl = crl
 
     async def desired_changed(self, gateway_id: str) -> None:
         self._twin.notify(gateway_id)
+
+    async def commands_changed(self, gateway_id: str) -> None:
+        self._commands.notify(gateway_id)
 
     async def identity_revoked(self, entity_id: str, reason: str) -> None:
         if self._authority is None:

@@ -10,7 +10,8 @@ A batch is split by kind:
   registry refuses something in it (an unknown gateway), each gateway is retried on its own so one bad gateway
   cannot hold up the rest;
 - events (gap reports, gateway events), reported twin states and command acks are stored one message per
-  transaction, deduplicated by sequence number too;
+  transaction, deduplicated by sequence number too; command acks move the commands along their lifecycle and hand
+  the gateway to the command dispatch (a device whose command finished may run its next one);
 - status messages (online, heartbeat, shutdown, last will) update the gateway's presence; a gateway that comes
   online is handed to the twin delivery, which sends it the desired changes it missed.
 
@@ -77,12 +78,14 @@ class UplinkIngest:
         metrics: AgentMetrics,
         *,
         came_online: Callable[[str], None],
+        acks_applied: Callable[[str], None] = lambda gateway_id: None,
         retry_max_s: float = 10.0,
         stop: asyncio.Event | None = None,
     ) -> None:
         self._registry = registry
         self._metrics = metrics
         self._came_online = came_online
+        self._acks_applied = acks_applied
         self._retry_max_s = retry_max_s
         self._stop = stop or asyncio.Event()
 
@@ -237,21 +240,22 @@ class UplinkIngest:
                 )
                 log.info("twin_reported", gateway=gateway_id, version=twin.reported_version)
             elif isinstance(message, wire.AcksMessage):
-                new = await self._retrying(
-                    "mark_received",
-                    lambda: registry.mark_received(gateway_id, message.seq, channel="acks", received_at=received_at),
+                changed = await self._retrying(
+                    "apply_acks",
+                    lambda: registry.apply_acks(gateway_id, message.seq, message.acks, received_at=received_at),
                 )
-                if new:
-                    for ack in message.acks:
-                        log.info(
-                            "command_ack",
-                            gateway=gateway_id,
-                            command=ack.command_id,
-                            status=ack.status.value,
-                            reason=ack.reason,
-                        )
-                else:
-                    self._metrics.duplicates += 1
+                self._metrics.command_acks += len(changed)
+                for command in changed:
+                    log.info(
+                        "command_acknowledged",
+                        gateway=gateway_id,
+                        command=command.id,
+                        device=command.device_id,
+                        state=command.state.value,
+                        reason=command.reason,
+                    )
+                if changed:
+                    self._acks_applied(gateway_id)
         except StaleVersion as exc:
             self._metrics.refused[exc.reason] += 1
             log.warning("twin_report_refused", gateway=gateway_id, reason=exc.reason, error=exc.message)

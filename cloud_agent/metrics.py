@@ -39,6 +39,11 @@ class AgentMetrics:
     presence_online: int = 0
     presence_offline: int = 0
     desired_sent: int = 0
+    commands_sent: int = 0
+    commands_resent: int = 0
+    commands_expired: int = 0
+    command_acks: int = 0
+    """Command state changes the gateways' acknowledgements made."""
     crl_published: int = 0
     last_batch_ms: float = 0.0
     stored_latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
@@ -72,6 +77,12 @@ class AgentMetrics:
             "presence_online": self.presence_online,
             "presence_offline": self.presence_offline,
             "desired_sent": self.desired_sent,
+            "commands": {
+                "sent": self.commands_sent,
+                "resent": self.commands_resent,
+                "expired": self.commands_expired,
+                "acks_applied": self.command_acks,
+            },
             "crl_published": self.crl_published,
             "last_batch_ms": round(self.last_batch_ms, 2),
             "stored_latency": self.latency(),

@@ -8,7 +8,8 @@ One asyncio TaskGroup runs every part until SIGTERM/SIGINT (or ``stop``):
   by :class:`~cloud_agent.ingest.UplinkIngest`, and only then acknowledged; on a lost connection it reconnects with
   back-off and the broker redelivers what was not acknowledged;
 - the presence watchdog marks gateways offline after ``presence.heartbeat_timeout_s`` of silence;
-- twin delivery sends desired deltas to online gateways; the CRL publisher keeps the CRL fresh and on the gateways;
+- twin delivery sends desired deltas to online gateways; command dispatch sends commands (one at a time per device),
+  resends unacknowledged ones and expires overdue ones; the CRL publisher keeps the CRL fresh and on the gateways;
 - the retention loop purges history past its retention;
 - the HTTPS API (``[api]``) serves the registry to asset managers, the CLI and the City OS.
 
@@ -23,6 +24,7 @@ import signal
 import time
 from collections.abc import Callable
 
+from cloud_agent.command_dispatch import CommandDispatch
 from cloud_agent.config import AgentConfig
 from cloud_agent.fleet_actions import CrlPublisher, CurrentLink, FleetActions
 from cloud_agent.ingest import TRANSIENT_ERRORS, Delivery, UplinkIngest
@@ -99,22 +101,34 @@ class AgentService:
         self.link = CurrentLink()
         self.twin = TwinDelivery(registry, self.link, self.metrics)
         self.crl = None if authority is None else CrlPublisher(registry, authority, self.link, self.metrics)
+        self.commands = CommandDispatch(
+            registry,
+            self.link,
+            self.metrics,
+            sweep_s=config.commands.sweep_s,
+            resend_after_s=config.commands.resend_after_s,
+        )
         self.stop = asyncio.Event()
         self.ingest = UplinkIngest(
             registry,
             self.metrics,
-            came_online=self.twin.came_online,
+            came_online=self._came_online,
+            acks_applied=self.commands.notify,
             retry_max_s=config.ingest.retry_max_s,
             stop=self.stop,
         )
         self.runtime = AgentRuntime(
             registry=registry,
-            actions=FleetActions(self.twin, authority, self.crl),
+            actions=FleetActions(self.twin, authority, self.crl, self.commands),
             authority=authority,
             metrics=self.metrics.snapshot,
         )
         self.connected = asyncio.Event()
         self.api_ready = asyncio.Event()
+
+    def _came_online(self, gateway_id: str) -> None:
+        self.twin.came_online(gateway_id)
+        self.commands.notify(gateway_id)
 
     # -- broker ---------------------------------------------------------------------------------------------
 
@@ -216,6 +230,7 @@ class AgentService:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.run_broker_loop())
             tg.create_task(self.twin.run(self.stop))
+            tg.create_task(self.commands.run(self.stop))
             tg.create_task(self.run_presence_watchdog())
             tg.create_task(self.run_retention())
             if self.crl is not None:
