@@ -1,4 +1,4 @@
-"""``kakehashi device``: gateways, devices, lifecycle, twins, readings, audit and tokens through the agent's HTTPS API.
+"""``kakehashi device``: gateways, devices, lifecycle, twins, commands, readings, audit and tokens through the API.
 
 Every command is one or a few API calls (:class:`~cloud_agent.api_client.ApiClient`); the agent checks the token's
 role and records the token's name in the audit log. Output is a table or ``key value`` lines for people, the API's
@@ -10,6 +10,8 @@ the environment: ``--agent`` / ``KAKEHASHI_AGENT_URL``, ``--token`` / ``KAKEHASH
 from __future__ import annotations
 
 import re
+import secrets
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +24,7 @@ import orjson
 
 from cloud_agent.api_client import ApiClient, ApiClientError
 from device_registry.lifecycle import State
-from device_registry.models import ApiRole
+from device_registry.models import ApiRole, CommandState
 from kakehashi import ui
 
 DEFAULT_AGENT: Final = "https://127.0.0.1:8443"
@@ -535,6 +537,174 @@ def set_desired(
         ui.print_json(doc)
         return
     click.echo(f"{doc['entity']}: desired state version {doc['version']} queued for gateway {doc['gateway']}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Commands
+
+COMMAND_COLUMNS: Final = ("id", "device", "name", "state", "requested_by", "created", "status")
+STEP_COLUMNS: Final = ("seq", "at", "state", "actor", "reason")
+_WAIT_GRACE_S: Final = 10.0
+"""How long ``--wait`` keeps polling after the deadline (the agent expires overdue commands periodically)."""
+
+
+def _command_row(doc: Mapping[str, Any]) -> dict[str, Any]:
+    return {**doc, "created": _short_time(doc.get("created_at"))}
+
+
+def _show_command(doc: Mapping[str, Any]) -> None:
+    precondition = doc.get("precondition")
+    _show_kv(
+        {
+            **doc,
+            "params": orjson.dumps(doc.get("params") or {}, option=orjson.OPT_SORT_KEYS).decode(),
+            "deadline": _when(doc.get("deadline")),
+            "precondition": None if not precondition else f"reported version {precondition['reported_version']}",
+            "created_at": _short_time(doc.get("created_at")),
+            "result": None if doc.get("result") is None else orjson.dumps(doc["result"]).decode(),
+        },
+        (
+            "id",
+            "device",
+            "gateway",
+            "name",
+            "params",
+            "state",
+            "status",
+            "deadline",
+            "precondition",
+            "idempotency_key",
+            "requested_by",
+            "confirmed_by",
+            "created_at",
+            "reason",
+            "result",
+        ),
+    )
+    steps = [{**step, "at": _short_time(step["at"])} for step in doc.get("history") or []]
+    if steps:
+        click.echo("")
+        ui.print_table(steps, STEP_COLUMNS)
+
+
+def _wait_final(api: ApiClient, doc: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    """Poll the command until it is final, its deadline (and a grace) has passed, or ``timeout`` seconds."""
+    limit = float(doc["deadline"]) + _WAIT_GRACE_S - time.time() if timeout is None else timeout
+    until = time.monotonic() + max(limit, 0.0)
+    pause = 0.1
+    while not doc["final"] and time.monotonic() < until:
+        time.sleep(min(pause, max(until - time.monotonic(), 0.0)))
+        pause = min(pause * 1.5, 1.0)
+        doc = api.get(f"/v1/commands/{_segment(doc['id'])}")
+    return doc
+
+
+def _command_params(values: Sequence[str]) -> dict[str, Any]:
+    return {key: _json_value(value) for key, value in _pairs(values, "KEY=VALUE").items()}
+
+
+@device.command("command")
+@click.argument("device_id")
+@click.argument("name")
+@click.argument("params", nargs=-1)
+@click.option("--ttl", default="5m", show_default=True, help="Time to live: 90, 30s, 5m, 2h, 7d (at most 7d).")
+@click.option("--key", "idempotency_key", help="Idempotency key (made up and printed when not given).")
+@click.option("--precondition-version", type=click.IntRange(min=0), help="Run only at this reported twin version.")
+@click.option("--wait", is_flag=True, help="Wait until it is final; exit 1 unless it succeeded.")
+@click.option("--timeout", type=click.FloatRange(min=0), help="With --wait: give up after this many seconds.")
+@json_option
+@click.pass_context
+def send_command(
+    ctx: click.Context,
+    device_id: str,
+    name: str,
+    params: tuple[str, ...],
+    ttl: str,
+    idempotency_key: str | None,
+    precondition_version: int | None,
+    wait: bool,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Send command NAME to a device: KEY=VALUE parameters (VALUE read as JSON if it is), e.g. value=flood."""
+    key = idempotency_key or f"cli-{secrets.token_hex(8)}"
+    body: dict[str, Any] = {
+        "name": name,
+        "params": _command_params(params),
+        "ttl_s": _duration_s(ttl, "--ttl"),
+        "idempotency_key": key,
+        "precondition": None if precondition_version is None else {"reported_version": precondition_version},
+    }
+    api = _api(ctx)
+    doc: dict[str, Any] = api.post(f"/v1/devices/{_segment(device_id)}/commands", body)
+    if idempotency_key is None:
+        click.echo(f"idempotency key: {key} (retry with --key {key} to get this command, not a second one)", err=True)
+    if wait:
+        doc = _wait_final(api, doc, timeout)
+    _emit(doc, as_json, _show_command)
+    if wait and doc["state"] != "succeeded":
+        click.echo(f"command {doc['id']}: {doc['status']}", err=True)
+        raise SystemExit(1)
+
+
+@device.command("commands")
+@click.option("--device", "device_id", help="Only this device's commands.")
+@click.option("--gateway", help="Only commands carried by this gateway.")
+@click.option("--state", type=click.Choice([s.value for s in CommandState]), help="Only commands in this state.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True, help="Page size.")
+@click.option("--after", help="Cursor: start after this command id.")
+@click.option("--all", "every", is_flag=True, help="Follow the cursors to the last page.")
+@json_option
+@click.pass_context
+def list_commands(
+    ctx: click.Context,
+    device_id: str | None,
+    gateway: str | None,
+    state: str | None,
+    limit: int,
+    after: str | None,
+    every: bool,
+    as_json: bool,
+) -> None:
+    """List commands, oldest first."""
+    params = {"device": device_id, "gateway": gateway, "state": state, "limit": limit, "after": after}
+    page = _page(_api(ctx), "/v1/commands", params, every=every)
+    if as_json:
+        ui.print_json(page)
+        return
+    _show_page(page, [_command_row(c) for c in page["items"]], COMMAND_COLUMNS)
+
+
+@device.command("command-show")
+@click.argument("command_id")
+@json_option
+@click.pass_context
+def show_command(ctx: click.Context, command_id: str, as_json: bool) -> None:
+    """Show a command and its whole history."""
+    _emit(_api(ctx).get(f"/v1/commands/{_segment(command_id)}"), as_json, _show_command)
+
+
+@device.command("command-confirm")
+@click.argument("command_id")
+@json_option
+@click.pass_context
+def confirm_command(ctx: click.Context, command_id: str, as_json: bool) -> None:
+    """Confirm a command as the second person (it is then queued for its gateway)."""
+    doc = _api(ctx).post(f"/v1/commands/{_segment(command_id)}/confirm")
+    _emit(
+        doc, as_json, lambda doc: click.echo(f"command {doc['id']} confirmed by {doc['confirmed_by']}: {doc['status']}")
+    )
+
+
+@device.command("command-cancel")
+@click.argument("command_id")
+@reason_option
+@json_option
+@click.pass_context
+def cancel_command(ctx: click.Context, command_id: str, reason: str, as_json: bool) -> None:
+    """Cancel a command that is not yet delivered."""
+    doc = _api(ctx).post(f"/v1/commands/{_segment(command_id)}/cancel", {"reason": reason})
+    _emit(doc, as_json, lambda doc: click.echo(f"command {doc['id']} cancelled"))
 
 
 # --------------------------------------------------------------------------------------------------------------------
