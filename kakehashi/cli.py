@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("kakehashi.demo:demo", "run the whole system on this machine with simulated hardware"),
     "agent": ("cloud_agent.cli:agent", "the cloud agent service: run, API tokens"),
     "device": ("cloud_agent.device_cli:device", "devices and gateways through the agent's HTTPS API"),
+    "node": ("gateway.node_cli:node", "MicroPython sensor nodes: flash firmware, settings and identity"),
 }
 
 

