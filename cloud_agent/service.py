@@ -51,7 +51,10 @@ async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
 
 
 async def _next_batch(link: MqttLink, stop: asyncio.Event, size: int, wait_s: float) -> list[MqttMessage] | None:
-    """The next batch of received messages, or None when stopping; raises :class:`LinkError` when the link drops."""
+    """The next batch of received messages, or None when stopping; raises :class:`LinkError` when the link drops.
+
+    A lone message is handed over at once; when several are waiting (traffic), the batch waits up to ``wait_s`` to
+    fill to ``size``, so that a busy agent commits fewer, larger transactions."""
     queue = link.messages
     if queue.empty():
         getter = asyncio.ensure_future(queue.get())
@@ -72,6 +75,13 @@ async def _next_batch(link: MqttLink, stop: asyncio.Event, size: int, wait_s: fl
         batch = [getter.result()]
     else:
         batch = [queue.get_nowait()]
+    while len(batch) < size:  # whatever has arrived already
+        try:
+            batch.append(queue.get_nowait())
+        except asyncio.QueueEmpty:
+            break
+    if len(batch) == 1:
+        return batch  # a lone message (light traffic): no reason to make it wait for company
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while len(batch) < size:
