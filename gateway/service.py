@@ -2,7 +2,8 @@
 
 Sources run under supervisors (a failing source fails alone), submit to the intake, which group-commits to the
 outbox; the uplink forwards the outbox to the cloud broker and hands downlinks to the twin (desired settings) and
-the command handler. SIGTERM/SIGINT stop it cleanly: sources stop first, everything already submitted is committed,
+the command executor (:mod:`gateway.commands`: at most once, per-device order, deadlines). SIGTERM/SIGINT stop it
+cleanly: running commands are acknowledged interrupted, sources stop, everything already submitted is committed,
 in-flight publishes get a moment to be acknowledged, the retained status says offline, and the outbox is closed
 consistent. Nothing accepted is lost at any point, including kill -9, because acceptance means committed.
 """
@@ -17,12 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.commands.assemble import open_executor
+from gateway.commands.executor import CommandExecutor
 from gateway.config import GatewayConfig
 from gateway.health import base_health
 from gateway.intake import Intake
-from gateway.model import Priority
 from gateway.outbox import Outbox
-from gateway.outbox_store import PendingMessage
 from gateway.sources.base import Source, SourceHealth
 from gateway.supervisor import supervise
 from gateway.twin import Twin
@@ -77,8 +78,14 @@ class Gateway:
     sources: list[Source]
     health: dict[str, SourceHealth]
     twin: Twin
+    commands: CommandExecutor
     started_at: float = field(default_factory=time.time)
-    commands_rejected: int = 0
+
+    @property
+    def commands_rejected(self) -> int:
+        """Commands answered failed or expired without anything being sent to a device (expired, precondition
+        failed, unknown device or command, bad value, LPWA): see :class:`gateway.commands.stats.CommandStats`."""
+        return self.commands.stats.refused
 
     async def health_document(self) -> dict[str, Any]:
         stats = await self.outbox.stats()
@@ -87,36 +94,19 @@ class Gateway:
             "outbox": stats.to_json(),
             "uplink": self.uplink.stats.to_json(),
             "sources": {name: h.to_json() for name, h in self.health.items()},
+            "commands": self.commands.stats.to_json(),
         }
 
     async def on_downlink(self, channel: wire.Channel, payload: bytes) -> None:
         if channel is wire.Channel.DESIRED:
             await self.twin.handle(payload)
         elif channel is wire.Channel.COMMANDS:
-            await self._reject_command(payload)
+            await self.commands.handle(payload)
         elif channel is wire.Channel.CRL:
             crl = wire.decode_crl(payload)
             path = self.config.gateway.data_dir / "fleet-crl.der"
             path.write_bytes(crl)
             log.info("crl_stored", path=str(path), bytes=len(crl))
-
-    async def _reject_command(self, payload: bytes) -> None:
-        """This release does not execute commands: acknowledge each one as rejected with the reason, so the cloud
-        never waits on it."""
-        command = wire.decode_command(payload)
-        self.commands_rejected += 1
-        ack = wire.CommandAck(
-            command_id=command.command_id,
-            status=wire.AckStatus.REJECTED,
-            at=time.time(),
-            reason="this gateway release does not execute commands",
-            result=None,
-        )
-
-        def encode(seq: int) -> bytes:
-            return wire.encode_acks(wire.AcksMessage(seq=seq, sent_at=time.time(), acks=(ack,)))
-
-        await self.outbox.append([PendingMessage(wire.Channel.ACKS, Priority.EVENT, 0, encode)])
 
 
 async def open_gateway(config: GatewayConfig) -> Gateway:
@@ -167,7 +157,9 @@ async def open_gateway(config: GatewayConfig) -> Gateway:
         gateway_settings=gateway_settings,
         effective=lambda: {"heartbeat_s": settings.heartbeat_s},
     )
-    gateway = Gateway(config, outbox, intake, uplink, sources, health, twin)
+    lpwa_devices = [device.id for lpwa in config.sources.lpwa for device in lpwa.devices]
+    commands = await open_executor(config.gateway.data_dir, outbox, sources, lpwa_devices, lambda: twin.version)
+    gateway = Gateway(config, outbox, intake, uplink, sources, health, twin, commands)
     holder["gw"] = gateway
     return gateway
 
@@ -189,6 +181,7 @@ async def run_gateway(
     uplink_stop = asyncio.Event()
     log.info("gateway_starting", gateway=config.gateway.id, sources=[s.name for s in gateway.sources])
     try:
+        await gateway.commands.start()
         async with asyncio.TaskGroup() as tg:
             intake_task = tg.create_task(gateway.intake.run())
             uplink_task = tg.create_task(gateway.uplink.run(uplink_stop))
@@ -200,6 +193,7 @@ async def run_gateway(
                 on_started(gateway)
             await stop.wait()
             log.info("gateway_stopping", gateway=config.gateway.id)
+            await gateway.commands.stop()
             for task in source_tasks:
                 task.cancel()
             await asyncio.gather(*source_tasks, return_exceptions=True)
@@ -211,6 +205,8 @@ async def run_gateway(
         if own_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
+        with contextlib.suppress(Exception):
+            await gateway.commands.close()
         with contextlib.suppress(Exception):
             await gateway.outbox.close()
     log.info("gateway_stopped", gateway=config.gateway.id)

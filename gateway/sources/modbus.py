@@ -38,7 +38,7 @@ from gateway.sources.modbus_device import BackoffPolicy, DeviceState
 from gateway.sources.modbus_link import BusError, ModbusLink
 from gateway.sources.modbus_plan import decode_block
 from hw.modbus.codec import CodecError, decode_point, encode_point
-from hw.modbus.model import DataType, Point, PointValue
+from hw.modbus.model import DataType, DeviceProfile, Point, PointValue
 from kakehashi.errors import KakehashiError
 from kakehashi.log import get_logger
 
@@ -162,6 +162,11 @@ class ModbusBusSource:
     def device_ids(self) -> tuple[str, ...]:
         """The ids of the devices on this bus (to route a write to its bus)."""
         return tuple(self._by_id)
+
+    def device_profile(self, device_id: str) -> DeviceProfile | None:
+        """The profile of ``device_id`` on this bus (its points and commands), or ``None`` if it is not here."""
+        device = self._by_id.get(device_id)
+        return None if device is None else device.profile
 
     async def run(self, sink: ReadingSink, health: SourceHealth) -> None:
         """Own the bus until cancelled: connect, poll, write, submit; raises only if the sink fails."""

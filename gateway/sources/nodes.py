@@ -8,6 +8,9 @@ uplinks with a persistent session and manual acknowledgement, and for each messa
 * commits the readings to the outbox at most once, keyed by the node's own sequence number;
 * only then answers the node on ``kn/v1/<node>/down/ack`` and PUBACKs the message.
 
+The same connection carries commands to the nodes (``down/commands``) and their acknowledgements back
+(``up/acks``), which go to :attr:`NodesSource.commands` (:mod:`gateway.sources.nodes_commands`).
+
 So a reading leaves a node's ring buffer only when the gateway holds it durably, and a redelivery after a crash on
 either side is recognised and acknowledged again without being stored twice.
 """
@@ -25,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.model import Priority, Reading
 from gateway.sources.base import ReadingSink, SourceHealth
+from gateway.sources.nodes_commands import NodeCommandRelay
 from kakehashi import wire
 from kakehashi.backoff import Backoff
 from kakehashi.errors import ConfigError
@@ -78,6 +82,7 @@ class NodesSource:
         self.bound = frozenset(node.id for node in config.nodes)
         self.relayed: Counter[str] = Counter()
         self.last_seen: dict[str, float] = {}
+        self.commands = NodeCommandRelay()
 
     @property
     def name(self) -> str:
@@ -89,7 +94,9 @@ class NodesSource:
         relay: RelaySink = sink  # type: ignore[assignment]
         backoff = Backoff(0.5, 30.0)
         endpoint = BrokerEndpoint(self.config.host, self.config.port)
-        health.detail.update(bound=sorted(self.bound), relayed=self.relayed, last_seen=self.last_seen)
+        health.detail.update(
+            bound=sorted(self.bound), relayed=self.relayed, last_seen=self.last_seen, commands=self.commands.counts
+        )
         while True:
             try:
                 link = MqttLink(
@@ -104,8 +111,12 @@ class NodesSource:
                     await link.subscribe(wire.node_relay_subscriptions(), qos=1)
                     health.state = "ok"
                     backoff.reset()
-                    async for message in link.receive():
-                        await self._handle(link, message, relay, health)
+                    self.commands.attach(link)
+                    try:
+                        async for message in link.receive():
+                            await self._handle(link, message, relay, health)
+                    finally:
+                        self.commands.attach(None)
             except LinkError as exc:
                 health.state = "degraded"
                 health.count_error("connection", f"local broker {endpoint.host}:{endpoint.port}: {exc.message}")
@@ -122,6 +133,14 @@ class NodesSource:
             return
         if node not in self.bound:
             health.count_error("unbound_node", f"node {node} is not bound to {self.gateway_id}: message dropped")
+            link.ack(message)
+            return
+        if channel is wire.NodeChannel.ACKS:
+            try:
+                self.commands.on_acks(node, message.payload)
+            except wire.WireError as exc:
+                health.count_error("malformed", f"node {node} acks: {exc.message}")
+                log.warning("node_acks_rejected", node=node, reason=exc.reason, detail=exc.message)
             link.ack(message)
             return
         if channel not in (wire.NodeChannel.READINGS, wire.NodeChannel.ALARMS):
