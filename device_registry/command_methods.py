@@ -26,7 +26,7 @@ from device_registry.command_rules import (
     new_command_id,
 )
 from device_registry.database import reading, writing
-from device_registry.errors import CommandRefused, InvalidInput, NotFound, TrafficRefused
+from device_registry.errors import CommandRefused, InvalidInput, TrafficRefused
 from device_registry.lifecycle import ACCEPTS_TRAFFIC
 from device_registry.models import Command, CommandState, CommandStep, Page
 from kakehashi import wire
@@ -294,10 +294,10 @@ class CommandMethods:
                 return []
             changed: dict[str, Command] = {}
             ignored: list[JSONValue] = []
+            found = await commands.get_many(conn, {ack.command_id for ack in acks})
             for ack in acks:
-                try:
-                    current = await commands.get(conn, ack.command_id, lock=True)
-                except NotFound:
+                current = found.get(ack.command_id)
+                if current is None:
                     ignored.append({"command": ack.command_id, "status": ack.status.value, "why": "unknown"})
                     continue
                 if current.gateway_id != gateway_id:
@@ -314,7 +314,7 @@ class CommandMethods:
                 if ack.status is wire.AckStatus.REJECTED:
                     reason = f"rejected by the gateway: {ack.reason or 'no reason given'}"
                 detail: JSONObject = {"ack": ack.status.value, "gateway_at": ack.at, "seq": seq}
-                changed[current.id] = await commands.move(
+                found[current.id] = changed[current.id] = await commands.move(
                     conn, current, target, actor=gateway_id, reason=reason, now=now, detail=detail, result=ack.result
                 )
             if ignored:

@@ -7,6 +7,8 @@ Rules are in :mod:`device_registry.command_rules`.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -132,6 +134,14 @@ async def get(conn: AsyncConnection, command_id: str, *, lock: bool = False) -> 
     return _command(row)
 
 
+async def get_many(conn: AsyncConnection, command_ids: Collection[str]) -> dict[str, Command]:
+    """The commands among ``command_ids`` that exist, locked in id order (so concurrent callers lock in one order)."""
+    if not command_ids:
+        return {}
+    stmt = sa.select(commands).where(commands.c.id.in_(sorted(command_ids))).order_by(commands.c.id).with_for_update()
+    return {row.id: _command(row) for row in (await conn.execute(stmt)).all()}
+
+
 async def _next_seq(conn: AsyncConnection, command_id: str) -> int:
     found = await conn.scalar(
         sa.select(sa.func.max(command_steps.c.seq)).where(command_steps.c.command_id == command_id)
@@ -181,15 +191,24 @@ async def move(
 ) -> Command:
     """Move ``current`` (read with a lock) to ``target`` or raise ``CommandRefused``; recorded and audited."""
     check_move(current.id, current.state, target)
-    values: dict[str, object] = {"state": target.value, "updated_at": now}
-    if reason is not None and target in _WHY:
-        values["reason"] = reason
-    if result is not None:
-        values["result"] = result
-    if confirmed_by is not None:
-        values["confirmed_by"] = confirmed_by
+    moved = dataclasses.replace(
+        current,
+        state=target,
+        updated_at=now,
+        reason=reason if reason is not None and target in _WHY else current.reason,
+        result=current.result if result is None else result,
+        confirmed_by=current.confirmed_by if confirmed_by is None else confirmed_by,
+    )
     changed = await conn.execute(
-        commands.update().where(commands.c.id == current.id, commands.c.state == current.state.value).values(values)
+        commands.update()
+        .where(commands.c.id == current.id, commands.c.state == current.state.value)
+        .values(
+            state=target.value,
+            updated_at=now,
+            reason=moved.reason,
+            result=moved.result,
+            confirmed_by=moved.confirmed_by,
+        )
     )
     if changed.rowcount != 1:  # moved by another transaction between our read and this update (SQLite: impossible)
         return await get(conn, current.id)
@@ -197,7 +216,7 @@ async def move(
     await _record(
         conn, current.id, current.device_id, step, target, actor=actor, reason=reason, detail=detail or {}, now=now
     )
-    return await get(conn, current.id)
+    return moved
 
 
 async def history(conn: AsyncConnection, command_id: str) -> list[CommandStep]:

@@ -318,6 +318,16 @@ async def test_acks_move_commands_and_keep_the_result(registry: Registry, clock:
     assert [e.actor for e in await registry.audit(action="command.succeeded")] == [gateway]
 
 
+async def test_delivered_and_succeeded_in_one_message(registry: Registry, clock: FakeClock) -> None:
+    gateway, device = await fleet(registry, clock)
+    made = await command(registry, device)
+    acks = [ack(made, wire.AckStatus.DELIVERED), ack(made, wire.AckStatus.SUCCEEDED), ack(made, wire.AckStatus.FAILED)]
+    changed = await registry.apply_acks(gateway, 3, acks)
+    assert [(c.id, c.state) for c in changed] == [(made, S.SUCCEEDED)]
+    assert changed[0] == await registry.get_command(made)
+    assert [s.state for s in await registry.command_history(made)] == [S.QUEUED, S.DELIVERED, S.SUCCEEDED]
+
+
 async def test_a_repeated_acks_message_changes_nothing(registry: Registry, clock: FakeClock) -> None:
     gateway, device = await fleet(registry, clock)
     made = await command(registry, device)
