@@ -56,8 +56,9 @@ class Board(Protocol):
     def check(self) -> None:
         """Raise :class:`BoardError` (one line) when the board is not attached or its tools are missing."""
 
-    async def install(self, package: str, index: str | None) -> str:
-        """``mip install`` the firmware ``package`` (a URL or a local ``package.json``); returns the tool's output."""
+    async def install(self, package: str, index: str | None, mpy: bool) -> str:
+        """``mip install`` the firmware ``package`` (a URL or a local ``package.json``) and its dependencies from
+        ``index`` (compiled ``.mpy`` where the index has them, if ``mpy``); returns the tool's output."""
 
     async def write(self, files: dict[str, bytes]) -> None:
         """Put ``files`` (path relative to the board's root → content) on the board, creating directories."""
@@ -73,10 +74,15 @@ class Board(Protocol):
 
 
 class SerialBoard:
-    """A MicroPython board on a serial port, through mpremote."""
+    """A MicroPython board on a serial port, through mpremote.
 
-    def __init__(self, port: str) -> None:
+    ``soft_reset=False`` connects with mpremote's ``resume`` (no soft reset before the first command): for a REPL
+    that has no soft reset, such as the unix port's behind a PTY.
+    """
+
+    def __init__(self, port: str, *, soft_reset: bool = True) -> None:
         self.port = port
+        self.soft_reset = soft_reset
         self.description = f"board on {port}"
 
     def check(self) -> None:
@@ -91,7 +97,15 @@ class SerialBoard:
             )
 
     async def _mpremote(self, *args: str) -> str:
-        command = [sys.executable, "-m", "mpremote", "connect", self.port, *args]
+        command = [
+            sys.executable,
+            "-m",
+            "mpremote",
+            "connect",
+            self.port,
+            *([] if self.soft_reset else ["resume"]),
+            *args,
+        ]
         process = await asyncio.create_subprocess_exec(
             *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
@@ -111,10 +125,12 @@ class SerialBoard:
             raise BoardError(f"mpremote {args[0]} on {self.port} failed: {last}")
         return text
 
-    async def install(self, package: str, index: str | None) -> str:
+    async def install(self, package: str, index: str | None, mpy: bool) -> str:
         args = ["mip", "install"]
         if index:
             args += ["--index", index]
+        if not mpy:
+            args.append("--no-mpy")
         return await self._mpremote(*args, package)
 
     async def write(self, files: dict[str, bytes]) -> None:
@@ -183,7 +199,7 @@ class UnixPortBoard:
         if not self.root.parent.is_dir():
             raise BoardError(f"no unix-port board: {self.root.parent} does not exist")
 
-    async def install(self, package: str, index: str | None) -> str:
+    async def install(self, package: str, index: str | None, mpy: bool) -> str:
         self.root.mkdir(parents=True, exist_ok=True)
         local = Path(package)
         remote = package.startswith(("http://", "https://", "github:", "gitlab:"))
@@ -195,7 +211,7 @@ class UnixPortBoard:
     async def _mip(self, package: str, index: str | None) -> str:
         assert self.micropython is not None
         options = f"index={index!r}, " if index else ""
-        code = f"import mip; mip.install({package!r}, {options}target={str(self.lib)!r}, mpy=False)"
+        code = f"import mip; mip.install({package!r}, {options}target={str(self.lib)!r}, mpy=False)"  # sources
         process = await asyncio.create_subprocess_exec(
             self.micropython, "-c", code, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )

@@ -50,6 +50,7 @@ def _settings(path: Path | None) -> dict[str, Any]:
 @click.option("--power", type=click.Choice(["battery", "mains"]), default=None, help="Default: battery.")
 @click.option("--package", default=None, help="Firmware package.json (path or URL); default: edge/package.json.")
 @click.option("--index", default=None, help="mip index for umqtt (default: micropython-lib).")
+@click.option("--no-mpy", is_flag=True, help="Install dependencies as .py (for an index without .mpy files).")
 @click.option("--renew", is_flag=True, help="Reflash a node that already has a valid certificate (issues a new one).")
 @click.option("--wait-s", default=120.0, show_default=True, type=click.FloatRange(0), help="0: do not wait.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -67,6 +68,7 @@ def flash(
     power: str | None,
     package: str | None,
     index: str | None,
+    no_mpy: bool,
     renew: bool,
     wait_s: float,
     as_json: bool,
@@ -89,6 +91,7 @@ def flash(
         server_hostname=server_hostname,
         package=package or DEFAULT_PACKAGE,
         index=index,
+        mpy=not no_mpy,
         settings=_settings(settings_path),
         wifi={"ssid": wifi_ssid, "key": wifi_key or ""} if wifi_ssid else None,
         ntp=ntp,

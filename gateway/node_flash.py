@@ -45,6 +45,7 @@ class FlashRequest:
     server_hostname: str | None = None
     package: str = DEFAULT_PACKAGE
     index: str | None = None
+    mpy: bool = True
     settings: dict[str, Any] = field(default_factory=dict)
     wifi: dict[str, str] | None = None
     ntp: str | None = None
@@ -123,7 +124,7 @@ async def flash_node(request: FlashRequest, board: Board, progress: Progress) ->
     result = FlashResult(request.node_id, board.description, identity.serial, sorted(files), None)
     try:
         progress(f"installing the firmware with mip on the {board.description} (this takes a while)")
-        await board.install(request.package, request.index)
+        await board.install(request.package, request.index, request.mpy)
         progress(f"copying {', '.join(sorted(files))}")
         await board.write(files)
         if request.wait_s <= 0:

@@ -5,11 +5,17 @@ gateway node relay on a real local Mosquitto with TLS. Boards that are not attac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import shutil
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +24,12 @@ from cryptography import x509
 
 from cloud_agent.pki.errors import PkiError
 from gateway.intake import Intake
-from gateway.node_boards import UnixPortBoard
+from gateway.node_boards import SerialBoard, UnixPortBoard
 from gateway.node_flash import FlashRequest, flash_node
 from gateway.outbox import Outbox
 from gateway.sources.base import SourceHealth
 from gateway.sources.nodes import BoundNode, NodesSource, NodesSourceConfig
+from hw.node import FAKES_DIR
 from kakehashi import log as khlog
 from kakehashi import wire
 from kakehashi.cli import main
@@ -225,3 +232,65 @@ async def test_no_board_bad_settings_and_missing_pki_fail_fast_before_anything_i
     assert nowhere.error_line.startswith("error: ")
     assert fleet.ca.records_for(NODE) == [], "no certificate was issued"
     assert not (tmp_path / "board" / "node.json").exists()
+
+
+@contextmanager
+def serial_line_board(workdir: Path) -> Iterator[tuple[Path, Path]]:
+    """The unix port's REPL behind a socat PTY: a board on a serial line that real mpremote drives. After mpremote's
+    ``reset`` ends the REPL, the script runs the firmware's wakes, as a board runs ``main.py`` after a reset."""
+    root = workdir / "flash"
+    (root / "lib").mkdir(parents=True)
+    (root / "scenario.json").write_text(json.dumps({"steps": [{"distance_m": 3.5}]}))
+    stop, pid_file, tty = workdir / "stop", workdir / "board.pid", workdir / "tty0"
+    script = workdir / "board.sh"
+    script.write_text(
+        f"cd {root}\n"
+        f"export MICROPYPATH={FAKES_DIR}:{root / 'lib'}:.frozen KH_SCENARIO={root / 'scenario.json'}\n"
+        f"echo $$ > {pid_file}\n"
+        f"{MICROPYTHON} -i\n"
+        f"while [ ! -f {stop} ]; do {MICROPYTHON} main.py; sleep 0.3; done\n"
+    )
+    socat = subprocess.Popen(
+        ["socat", f"PTY,link={tty},raw,echo=0", f"EXEC:sh {script},pty,raw,echo=0,stderr,setsid,ctty"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            if tty.exists() and pid_file.exists():
+                break
+            time.sleep(0.05)
+        yield tty, root
+    finally:
+        stop.touch()
+        socat.terminate()
+        socat.wait(10)
+        with contextlib.suppress(ProcessLookupError, ValueError, FileNotFoundError):
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is missing")
+async def test_the_serial_path_drives_real_mpremote_over_a_serial_line(
+    fleet: Fleet, local_broker: RunningBroker, mip_index: MipIndex, tmp_path: Path
+) -> None:
+    request = FlashRequest(
+        node_id=NODE,
+        gateway="127.0.0.1",
+        gateway_port=local_broker.endpoint.port,
+        pki=fleet.ca.path,
+        index=f"{mip_index.url}/index",
+        mpy=False,
+        settings=SETTINGS,
+        wait_s=40,
+    )
+    with serial_line_board(tmp_path / "serial") as (tty, root):
+        async with relay(fleet, local_broker, tmp_path, [NODE]) as outbox:
+            result = await flash_node(request, SerialBoard(str(tty), soft_reset=False), lambda step: None)
+            stored = await outbox.fetch_after(0, 100)
+    assert result.reported is True, result.problem
+    assert (root / "lib" / "khnode" / "node.py").exists(), "mpremote mip installed the firmware over the line"
+    assert (root / "lib" / "umqtt" / "simple.py").exists()
+    assert (root / "certs" / "node.key.der").exists()
+    assert json.loads((root / "node.json").read_text())["node"] == NODE
+    levels = [r.value for m in stored for r in wire.decode_readings(m.payload).readings if r.quantity == "level"]
+    assert levels[0] == pytest.approx(1.5)
