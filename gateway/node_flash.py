@@ -97,7 +97,7 @@ def _next_steps(request: FlashRequest, result: FlashResult) -> list[str]:
     if result.reported:
         return [
             "mount the node and check its level against the staff gauge",
-            f"watch its readings arrive: kakehashi device readings {request.node_id}",
+            f"watch its readings arrive: kakehashi device readings latest {request.node_id}",
         ]
     steps = [
         f'the gateway must bind the node: [sources.nodes] nodes = [{{ id = "{request.node_id}" }}] in its '

@@ -160,7 +160,7 @@ async def test_flash_installs_and_the_first_report_arrives_through_the_gateway(
     assert result.code == 0, result.out + result.err
     assert f"Node {NODE} is flashed (MicroPython unix port in {board}" in result.out
     assert "its first report reached the gateway" in result.out
-    assert f"kakehashi device readings {NODE}" in result.out
+    assert f"kakehashi device readings latest {NODE}" in result.out
     assert "... installing the firmware with mip" in result.err
     messages = [wire.decode_readings(m.payload) for m in stored]
     assert messages, "the relay committed the node's report"
