@@ -124,7 +124,7 @@ class UplinkIngest:
                 formed_at.append(message.sent_at)
             else:
                 others.append((gateway_id, channel, message, delivery.received_at))
-        if readings or seen:
+        if readings:  # last_seen is refreshed with the readings; status, events, acks have transactions of their own
             await self._store_readings(readings, seen)
             committed = time.time()
             self._metrics.stored_latency_ms.extend((committed - at) * 1000 for at in formed_at)

@@ -14,6 +14,7 @@ BENCHMARKS = {
     "gateway": "readings/s through outbox and broker with PUBACK, RSS, replay after an outage, loss",
     "ble": "BLE advertisements parsed and aggregated per second on one core",
     "agent": "readings/s ingested per cloud agent process, p99 publish-to-stored latency, loss, duplicates",
+    "actuation": "command round trip API → agent → gateway → Modbus write → succeeded, p50/p99",
     "node": "MicroPython heap (gc.mem_alloc peak) of the edge node's report cycle on the unix port",
 }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -230,6 +231,7 @@ class MqttLink:
             raise LinkError(f"TLS handshake with {where} failed: {exc.reason or exc}") from None
         except OSError as exc:
             raise LinkError(f"cannot reach {self.endpoint.host}:{self.endpoint.port}: {exc.strerror or exc}") from None
+        self._no_delay()
         self._client.loop_start()
         try:
             await asyncio.wait_for(self._connack, self._connect_timeout)
@@ -237,6 +239,13 @@ class MqttLink:
             await self._shutdown(send_disconnect=False)
             raise
         return self
+
+    def _no_delay(self) -> None:
+        """Send each packet at once: an ack or a command must not wait for Nagle's algorithm (up to 40 ms per hop)."""
+        sock = self._client.socket()
+        if isinstance(sock, socket.socket):  # an ssl.SSLSocket is one
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._shutdown(send_disconnect=True)

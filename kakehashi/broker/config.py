@@ -97,6 +97,8 @@ def render_config(layout: BrokerLayout, listener: ListenerSettings) -> str:
         "max_inflight_messages 1000",
         f"max_queued_messages {MAX_QUEUED_MESSAGES}",
         "max_keepalive 300",
+        "# small messages (acks, commands, statuses) go out at once instead of waiting for Nagle's algorithm",
+        "set_tcp_nodelay true",
         "",
         "log_dest stderr",
         "log_type error",
