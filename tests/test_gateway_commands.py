@@ -270,6 +270,8 @@ async def test_bad_parameters_and_unknown_targets_fail_without_a_write(tmp_path:
             assert ack.status is wire.AckStatus.FAILED, cid
             assert ack.reason is not None
             assert ack.reason.startswith(f"{reason}:"), (cid, ack.reason)
+        on_sight = [cid for cid in cases if len(await acks_of(r.outbox, cid)) == 1]
+        assert sorted(on_sight) == sorted(set(cases) - {"c-range"}), "refused on arrival: one final ack, no delivered"
         assert writes(r.bus_a, 1) == writes(r.bus_a, 2) == 0
         assert r.executor.stats.refused == len(cases)
         assert r.executor.stats.executed == 0
@@ -384,6 +386,8 @@ async def test_a_gateway_killed_mid_command_never_runs_it_again(tmp_path: Path) 
             if child.poll() is None:
                 child.kill()
                 child.wait()
+            assert child.stdout is not None
+            child.stdout.close()
         sim.inject(1, None)
         async with running_buses(config) as buses:
             outbox = await Outbox.open(tmp_path / "outbox.db", BUDGET)
@@ -425,6 +429,9 @@ class Recorder:
 
     def owns(self, device_id: str) -> bool:
         return True
+
+    def check(self, cmd: wire.CommandMessage) -> None:
+        del cmd
 
     async def execute(self, cmd: wire.CommandMessage) -> Outcome:
         self.runs[cmd.command_id] += 1

@@ -53,7 +53,16 @@ async def gateway(fleet: Fleet, broker: RunningBroker, sim: ModbusSimulator, tmp
                         "devices": [{"id": "wm-0001", "unit": 1, "profile": "water-meter", "poll_interval_s": 3600}],
                     }
                 ]
-            }
+            },
+            "lpwa": [  # a module whose port is missing: the source only counts that; commands are refused anyway
+                {
+                    "port": str(tmp_path / "no-such-tty"),
+                    "module": "im920",
+                    "reconnect_min_s": 5,
+                    "reconnect_max_s": 5,
+                    "devices": [{"id": "wl-0100", "sender": "0100", "profile": "water-level-v1"}],
+                }
+            ],
         },
     }
     config = parse_config(doc, tmp_path / "gateway.toml")
@@ -109,13 +118,19 @@ async def test_a_valve_command_through_the_broker_runs_once_and_is_acknowledged(
         assert await next_ack(agent, "s-close") == done
         await agent.publish(DOWN, wire.encode_command(command("s-gone", "wm-0001", "open", deadline_in=-1)))
         assert (await next_ack(agent, "s-gone")).status is wire.AckStatus.EXPIRED
+        await agent.publish(DOWN, wire.encode_command(command("s-radio", "wl-0100", "set_mode", {"value": "flood"})))
+        radio = await next_ack(agent, "s-radio")
+        assert radio.status is wire.AckStatus.FAILED
+        assert radio.reason is not None
+        assert radio.reason.startswith("lpwa_downlink_unsupported:")
         assert writes(sim, 1) == 1
         assert sim.value(1, "valve_open") is False
         health = (await gw.health_document())["commands"]
         assert health["succeeded"] == 1
         assert health["duplicates"] == 1
         assert health["expired"] == 1
-        assert gw.commands_rejected == 1
+        assert health["reasons"] == {"deadline_passed": 1, "lpwa_downlink_unsupported": 1}
+        assert gw.commands_rejected == 2
 
 
 async def test_a_broker_restart_mid_command_delivers_the_final_ack_afterwards(

@@ -1,9 +1,10 @@
 """What an actuator is: the part that carries one command out on one kind of device, and how it says how it ended.
 
-An actuator ``owns`` the devices it can reach and ``execute``s a command for one of them before the command's
-deadline. It returns an :class:`Outcome` (succeeded with a result, or a node's own ``expired``), or raises
-:class:`CommandFailed` whose ``reason`` is a short code (``bad_value``, ``exception``, ``timeout``, ...) and whose
-message says what happened; the acknowledgement's reason is ``"<code>: <message>"``.
+An actuator ``owns`` the devices it can reach, ``check``s a command on arrival (refusing what it can tell is unusable
+without asking the device) and ``execute``s it before the command's deadline. It returns an :class:`Outcome`
+(succeeded with a result, or a node's own ``expired``), or raises :class:`CommandFailed` whose ``reason`` is a short
+code (``bad_value``, ``exception``, ``timeout``, ...) and whose message says what happened; the acknowledgement's
+reason is ``"<code>: <message>"``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ class Actuator(Protocol):
 
     def owns(self, device_id: str) -> bool:
         """Whether ``device_id`` is reachable through this actuator on this gateway."""
+        ...
+
+    def check(self, command: wire.CommandMessage) -> None:
+        """Refuse, before anything is acknowledged, a command this actuator can tell is unusable without asking the
+        device (unknown command, unusable parameters, no downlink): raises :class:`CommandFailed`."""
         ...
 
     async def execute(self, command: wire.CommandMessage) -> Outcome:

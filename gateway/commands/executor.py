@@ -4,8 +4,9 @@ For each command (``kh/v1/<gw>/down/commands``), :meth:`CommandExecutor.submit`:
 
 1. claims it in the :class:`~gateway.commands.journal.CommandJournal` — a duplicate is answered from the journal (or
    ignored while the first delivery still runs) and goes no further;
-2. acknowledges ``expired`` if its deadline has passed, or ``failed`` with ``precondition_failed: reported version X,
-   command wants Y`` if it has a precondition the gateway's reported twin version does not meet;
+2. acknowledges ``expired`` if its deadline has passed, ``failed`` with ``precondition_failed: reported version X,
+   command wants Y`` if it has a precondition the gateway's reported twin version does not meet, or ``failed`` if no
+   actuator owns the device or its actuator refuses it on sight (unknown command, unusable parameters, LPWA);
 3. otherwise acknowledges ``delivered`` at once and returns (so the downlink is PUBACKed and the next one read),
    while a task waits for the device's lock, checks the deadline and the precondition again, and hands the command
    to the actuator that owns the device (Modbus, node, LPWA);
@@ -129,7 +130,7 @@ class CommandExecutor:
             await self._duplicate(command, claim.earlier)
             return
         log.info("command_received", command=command.command_id, device=command.device_id, name=command.name)
-        refusal = self._refusal(command, now, queued=False)
+        refusal = self._refusal(command, now, queued=False) or self._check(command)
         if refusal is not None:
             stats.refused += 1
             await self._finish(command, refusal)
@@ -178,6 +179,21 @@ class CommandExecutor:
                 )
         return None
 
+    def _check(self, command: wire.CommandMessage) -> Outcome | None:
+        """Refuse a command for a device no actuator owns, or one its actuator can tell is unusable."""
+        actuator = self._actuator(command.device_id)
+        if actuator is None:
+            return Outcome(
+                wire.AckStatus.FAILED,
+                f"unknown_device: no Modbus bus, bound node or LPWA module of this gateway has a device "
+                f"{command.device_id!r}",
+            )
+        try:
+            actuator.check(command)
+        except CommandFailed as exc:
+            return Outcome(wire.AckStatus.FAILED, exc.ack_reason)
+        return None
+
     # --- execution -------------------------------------------------------------------------------------------
 
     def _actuator(self, device_id: str) -> Actuator | None:
@@ -194,16 +210,9 @@ class CommandExecutor:
             async with lock:
                 refusal = self._refusal(command, self._clock(), queued=True)
                 actuator = self._actuator(command.device_id)
-                if refusal is not None:
+                if refusal is not None or actuator is None:  # the actuator was there on arrival (_check)
                     self.stats.refused += 1
-                    outcome = refusal
-                elif actuator is None:
-                    self.stats.refused += 1
-                    outcome = Outcome(
-                        wire.AckStatus.FAILED,
-                        f"unknown_device: no Modbus bus, bound node or LPWA module of this gateway has a device "
-                        f"{command.device_id!r}",
-                    )
+                    outcome = refusal or Outcome(wire.AckStatus.FAILED, "unknown_device: no longer on this gateway")
                 else:
                     outcome = await self._execute(actuator, command)
                 finishing = True

@@ -29,9 +29,13 @@ class LpwaActuator:
     def owns(self, device_id: str) -> bool:
         return device_id in self._devices
 
-    async def execute(self, command: wire.CommandMessage) -> Outcome:
+    def check(self, command: wire.CommandMessage) -> None:
         raise CommandFailed(
             f"{command.device_id} is an LPWA radio device; no LPWA device profile declares a downlink and the LPWA "
             "source is receive-only, so this gateway cannot send it commands",
             reason="lpwa_downlink_unsupported",
         )
+
+    async def execute(self, command: wire.CommandMessage) -> Outcome:
+        self.check(command)
+        raise AssertionError("check always refuses")  # pragma: no cover

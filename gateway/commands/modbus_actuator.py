@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from gateway.commands.actuator import CommandFailed, Outcome
 from gateway.sources.base import Source
 from gateway.sources.modbus import ModbusBusSource, ModbusWriteError
+from hw.modbus.model import PointValue
 from kakehashi import wire
 from kakehashi.log import get_logger
 
@@ -47,7 +48,8 @@ class ModbusActuator:
     def owns(self, device_id: str) -> bool:
         return device_id in self._buses
 
-    async def execute(self, command: wire.CommandMessage) -> Outcome:
+    def _resolve(self, command: wire.CommandMessage) -> tuple[ModbusBusSource, str, PointValue]:
+        """The bus, point and value of ``command``; :class:`CommandFailed` if the profile cannot run it."""
         bus = self._buses[command.device_id]
         profile = bus.device_profile(command.device_id)
         if profile is None:  # the bus was built with the device: cannot happen, but say so if it does
@@ -65,22 +67,30 @@ class ModbusActuator:
         if argument is not None and not isinstance(argument, bool | int | float | str):
             raise CommandFailed(f"value must be a number, a boolean or a choice, not {argument!r}", reason="bad_value")
         try:
-            value = spec.resolve(argument)
+            return bus, spec.point, spec.resolve(argument)
         except ValueError as exc:
             raise CommandFailed(str(exc), reason="bad_value") from None
+
+    def check(self, command: wire.CommandMessage) -> None:
+        """Refuse an unknown command or parameters the profile's command cannot resolve (the point's range and type
+        are checked by the bus, at the write)."""
+        self._resolve(command)
+
+    async def execute(self, command: wire.CommandMessage) -> Outcome:
+        bus, point, value = self._resolve(command)
         left = command.deadline - time.time()
         if left <= 0:
             raise CommandFailed("the deadline passed before the write", reason="deadline")
         try:
             async with asyncio.timeout(left):
-                read_back = await bus.write_point(command.device_id, spec.point, value)
+                read_back = await bus.write_point(command.device_id, point, value)
         except TimeoutError:
             raise CommandFailed(
-                f"the deadline passed while the write of {spec.point} waited for {bus.name}; it was withdrawn unless "
+                f"the deadline passed while the write of {point} waited for {bus.name}; it was withdrawn unless "
                 "the bus had already started it",
                 reason="deadline",
             ) from None
         except ModbusWriteError as exc:
             raise CommandFailed(exc.message, reason=exc.reason) from None
-        log.info("modbus_command_done", command=command.command_id, device=command.device_id, point=spec.point)
-        return Outcome(wire.AckStatus.SUCCEEDED, result={"point": spec.point, "written": value, "read_back": read_back})
+        log.info("modbus_command_done", command=command.command_id, device=command.device_id, point=point)
+        return Outcome(wire.AckStatus.SUCCEEDED, result={"point": point, "written": value, "read_back": read_back})
