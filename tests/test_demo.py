@@ -30,7 +30,12 @@ def test_demo_runs_headless_enrolls_stores_every_reading_once_and_round_trips_th
         "twin round trip (desired → gateway → reported)",
         "every accepted reading stored exactly once",
         "edge node runs the MicroPython firmware",
+        "command open on wm-0001 succeeded",
+        "command flood_mode on wl-0201 succeeded",
+        "command close on wm-0001 succeeded",
+        "closing the valve waited for a second person",
     } <= passed
+    assert [c["history"][-1] for c in summary["commands"]] == ["succeeded"] * 3
     node = summary["node"]
     assert node["firmware"] == "MicroPython unix port"
     assert node["acknowledged"] == node["wakes"] > 0
