@@ -70,6 +70,7 @@ class CommandDispatch:
         self._due: set[str] = set()
         self._wake = asyncio.Event()
         self._published: dict[str, float] = {}  # command id -> when last published (monotonic)
+        self._locks: dict[str, asyncio.Lock] = {}
 
     def notify(self, gateway_id: str) -> None:
         """Look at ``gateway_id``'s commands soon (non-blocking)."""
@@ -88,12 +89,27 @@ class CommandDispatch:
         log.info("command_sent", command=command.id, gateway=command.gateway_id, device=command.device_id,
                  name=command.name)  # fmt: skip
 
+    async def dispatch_now(self, gateway_id: str) -> None:
+        """Dispatch at once (an API request waits for it: the command is on its way when the answer comes back);
+        if that fails, the run loop tries again shortly."""
+        try:
+            await self.dispatch(gateway_id)
+        except _DEFERRABLE as exc:
+            log.warning("command_dispatch_deferred", gateways=[gateway_id], error=str(exc)[:200])
+            self.notify(gateway_id)
+
     async def dispatch(self, gateway_id: str) -> int:
-        """Send what ``gateway_id`` may run now, if it is online; returns how many commands were published."""
-        if not await self._online(gateway_id):
-            return 0
+        """Send what ``gateway_id`` may run now, if it is online; returns how many commands were published.
+
+        One dispatch per gateway at a time in this agent, so that a command is not published twice by two callers
+        (another agent may still race this one; the gateway answers a repeat from its journal)."""
+        lock = self._locks.setdefault(gateway_id, asyncio.Lock())
+        async with lock:
+            return await self._dispatch(gateway_id)
+
+    async def _dispatch(self, gateway_id: str) -> int:
         published = 0
-        for queued in await self._registry.commands_to_send(gateway_id):
+        for queued in await self._registry.commands_to_send(gateway_id, online_only=True):
             command = await self._registry.mark_sent(queued.id)
             if command.state is not CommandState.SENT:
                 log.info("command_not_sent", command=command.id, state=command.state.value, reason=command.reason)

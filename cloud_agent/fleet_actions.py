@@ -124,7 +124,7 @@ class FleetActions:
         self._twin.notify(gateway_id)
 
     async def commands_changed(self, gateway_id: str) -> None:
-        self._commands.notify(gateway_id)
+        await self._commands.dispatch_now(gateway_id)
 
     async def identity_revoked(self, entity_id: str, reason: str) -> None:
         if self._authority is None:

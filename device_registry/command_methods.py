@@ -232,14 +232,17 @@ class CommandMethods:
                 conn, device_id=device, gateway_id=gateway, state=state, after=after, limit=limit
             )
 
-    async def commands_to_send(self: _Registry, gateway_id: str, *, now: float | None = None) -> list[Command]:
+    async def commands_to_send(
+        self: _Registry, gateway_id: str, *, now: float | None = None, online_only: bool = False
+    ) -> list[Command]:
         """What the agent may send to ``gateway_id`` now: queued commands before their deadline, at most one per
         device and none for a device with a command sent or delivered (per-device serialisation), oldest first.
-        Devices that are not provisioned or active get nothing (their commands wait, then expire)."""
+        Devices that are not provisioned or active get nothing (their commands wait, then expire). With
+        ``online_only``, nothing while the gateway is not online (one query instead of a presence read first)."""
         at = self._now().timestamp() if now is None else float(now)
         async with reading(self.engine) as conn:
             await inventory.entity(conn, gateway_id, role="gateway")
-            return await commands.to_send(conn, gateway_id, now=at)
+            return await commands.to_send(conn, gateway_id, now=at, online_only=online_only)
 
     async def mark_sent(self: _Registry, command_id: str) -> Command:
         """queued → sent (actor ``system``), or queued → expired if its deadline has passed (then do not send it).

@@ -22,7 +22,7 @@ from device_registry.database import insert_for
 from device_registry.errors import InvalidInput, NotFound
 from device_registry.lifecycle import ACCEPTS_TRAFFIC
 from device_registry.models import Command, CommandState, CommandStep, Page
-from device_registry.schema import command_steps, commands, entities
+from device_registry.schema import command_steps, commands, entities, presence
 from kakehashi.wire import JSONObject
 
 MAX_PAGE: Final = 1000
@@ -236,22 +236,24 @@ async def history(conn: AsyncConnection, command_id: str) -> list[CommandStep]:
     ]
 
 
-async def to_send(conn: AsyncConnection, gateway_id: str, *, now: float) -> list[Command]:
+async def to_send(conn: AsyncConnection, gateway_id: str, *, now: float, online_only: bool = False) -> list[Command]:
     """Queued commands of ``gateway_id`` before their deadline, the oldest per device, for devices that are
-    provisioned or active and have nothing in flight (no command sent or delivered); oldest first."""
+    provisioned or active and have nothing in flight (no command sent or delivered); oldest first. With
+    ``online_only`` nothing unless the gateway is online (its presence), in the same query."""
     busy = sa.select(commands.c.device_id).where(commands.c.state.in_(_BUSY))
     device_ok = sa.exists().where(entities.c.id == commands.c.device_id, entities.c.state.in_(_MAY_RECEIVE))
-    stmt = (
-        sa.select(commands)
-        .where(
-            commands.c.gateway_id == gateway_id,
-            commands.c.state == CommandState.QUEUED.value,
-            commands.c.deadline > now,
-            commands.c.device_id.not_in(busy),
-            device_ok,
+    conditions = [
+        commands.c.gateway_id == gateway_id,
+        commands.c.state == CommandState.QUEUED.value,
+        commands.c.deadline > now,
+        commands.c.device_id.not_in(busy),
+        device_ok,
+    ]
+    if online_only:
+        conditions.append(
+            sa.exists().where(presence.c.gateway_id == commands.c.gateway_id, presence.c.online.is_(True))
         )
-        .order_by(commands.c.created_at, commands.c.id)
-    )
+    stmt = sa.select(commands).where(*conditions).order_by(commands.c.created_at, commands.c.id)
     chosen: dict[str, Command] = {}
     for row in (await conn.execute(stmt)).all():
         chosen.setdefault(row.device_id, _command(row))
