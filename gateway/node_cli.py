@@ -40,7 +40,10 @@ def _settings(path: Path | None) -> dict[str, Any]:
 @click.option("--server-hostname", default=None, help="Name on the local broker's certificate (default: --gateway).")
 @click.option("--pki", required=True, type=click.Path(path_type=Path, file_okay=False), help="The fleet CA directory.")
 @click.option(
-    "--settings", "settings_path", type=click.Path(path_type=Path, dir_okay=False), help="JSON: sensors, levels..."
+    "--settings",
+    "settings_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="node.json keys (JSON file).",
 )
 @click.option("--wifi-ssid", default=None, help="Wi-Fi network the node joins.")
 @click.option(

@@ -62,7 +62,8 @@ async def serial_check(name: str, port: str, baudrate: int) -> Check:
     try:
         async with asyncio.timeout(SERIAL_TIMEOUT_S):
             _, writer = await open_serial(port, baudrate)
-        writer.close()
+            writer.close()
+            await writer.wait_closed()  # releases the port's lock before the check reports
     except (OSError, ValueError) as exc:  # serial.SerialException is an OSError
         text = str(exc)
         if "lock" in text.lower():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,12 @@ import pytest
 
 from cloud_agent.pki.authority import CertificateAuthority
 from gateway.cli import gateway as gateway_group
+from gateway.intake import Intake
+from gateway.model import Reading
+from gateway.outbox import Outbox
 from gateway.selftest import exit_code, run_selftest
 from gateway.selftest_model import Check, Status
+from gateway.sources.lpwa import open_serial
 from hw.ble.simulator import SimulatedAir, attach_air, detach_air
 from hw.lpwa.simulator import LpwaModuleSimulator
 from hw.modbus.simulator import Fault, ModbusSimulator
@@ -109,8 +114,21 @@ async def test_everything_attached_passes(
             lpwa_port=lpwa.link_path,
             ble=True,
         )
+        outbox = await Outbox.open(tmp_path / "data" / "outbox.db", 1024 * 1024)
+        try:
+            readings = [Reading("wl-0007", "level", float(i), "m", time.time()) for i in range(3)]
+            await Intake(outbox).submit_once("wl-0007", 1, readings)
+        finally:
+            await outbox.close()
+        before = (tmp_path / "data" / "outbox.db").stat()
         steps: list[str] = []
         checks = await run_selftest(config, steps.append)
+        _, held = await open_serial(str(lpwa.link_path), 19200)  # the running gateway holds its LPWA port locked
+        try:
+            locked = by_name(await run_selftest(config, lambda step: None))["lpwa lpwa (im920)"]
+        finally:
+            held.close()
+            await held.wait_closed()
     found = by_name(checks)
     failed = {c.name: c.detail for c in checks if c.status is not Status.PASS and c.name != "clock synchronised"}
     assert failed == {}
@@ -121,8 +139,12 @@ async def test_everything_attached_passes(
     assert found[f"bluetooth adapter {ADAPTER}"].detail == f"{ADAPTER} scans (passive)"
     assert steps[0].startswith("config")
     assert "sources" in steps
-    assert air.stops == air.starts == 1, "the adapter was started and stopped once"
-    assert not (tmp_path / "data" / "outbox.db").exists(), "the self-test only reads"
+    assert air.stops == air.starts == 2, "each run started and stopped the adapter once"
+    assert found["outbox health"].detail.startswith("1 messages (3 readings) waiting, oldest ")
+    after = (tmp_path / "data" / "outbox.db").stat()
+    assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size), "the self-test only reads"
+    assert locked.status is Status.PASS
+    assert "locked by another process" in locked.detail
 
 
 async def test_failures_say_what_to_do_next(fleet: Fleet, broker: RunningBroker, tmp_path: Path) -> None:
