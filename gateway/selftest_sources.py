@@ -35,17 +35,33 @@ BLE_TIMEOUT_S: Final = 5.0
 SERIAL_TIMEOUT_S: Final = 5.0
 
 
+def _pty_master_of(pid_dir: Path, index: int) -> bool:
+    """Whether the process holds the master side of ``/dev/pts/<index>``: it is the device end of that line."""
+    for fd in (pid_dir / "fd").iterdir():
+        if os.readlink(fd) == "/dev/ptmx":
+            info = (pid_dir / "fdinfo" / fd.name).read_text()
+            if f"tty-index:\t{index}\n" in info:
+                return True
+    return False
+
+
 def port_holders(port: str) -> list[str]:
-    """The other processes that have ``port`` open, as ``name (pid)``, read from ``/proc/<pid>/fd``."""
+    """The other processes that have ``port`` open, as ``name (pid)``, read from ``/proc/<pid>/fd``.
+
+    For a pseudo-terminal, the process holding its master side (a socat bridge, a simulator) is the other end of
+    the line, not a second reader, and is not counted.
+    """
     target = os.path.realpath(port)
+    pts = target.removeprefix("/dev/pts/")
     holders = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             links = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
-            if target in links:
-                holders.append(f"{(entry / 'comm').read_text().strip()} ({entry.name})")
+            if target not in links or (pts.isdigit() and _pty_master_of(entry, int(pts))):
+                continue
+            holders.append(f"{(entry / 'comm').read_text().strip()} ({entry.name})")
         except OSError:
             continue
     return holders

@@ -5,8 +5,11 @@ certificates, a broken config), each with its next step."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +24,7 @@ from gateway.model import Reading
 from gateway.outbox import Outbox
 from gateway.selftest import exit_code, run_selftest
 from gateway.selftest_model import Check, Status
+from gateway.selftest_sources import port_holders
 from gateway.sources.lpwa import open_serial
 from hw.ble.simulator import SimulatedAir, attach_air, detach_air
 from hw.lpwa.simulator import LpwaModuleSimulator
@@ -273,3 +277,56 @@ def test_cli_prints_a_checklist_and_json_and_exits_1_on_failure(
     report = json.loads(capsys.readouterr().out)
     assert [c["name"] for c in report["checks"]] == ["config valid"]
     assert report["checks"][0]["status"] == "fail"
+
+
+@pytest.fixture
+def pty_pair(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """An RS-485 line: two linked PTYs from socat, the simulator on one end, the gateway's port the other."""
+    sim_end, gw_end = tmp_path / "sim-tty", tmp_path / "gw-tty"
+    proc = subprocess.Popen(
+        ["socat", f"pty,raw,echo=0,link={sim_end}", f"pty,raw,echo=0,link={gw_end}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(500):
+            if sim_end.exists() and gw_end.exists():
+                break
+            time.sleep(0.01)
+        yield sim_end, gw_end
+    finally:
+        proc.terminate()
+        proc.wait(timeout=5)
+
+
+async def test_rtu_devices_are_polled_unless_another_process_holds_the_line(
+    fleet: Fleet, broker: RunningBroker, pty_pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    sim_end, gw_end = pty_pair
+    config = tmp_path / "gateway.toml"
+    write_config(config, fleet.gw1, broker.endpoint.port)
+    config.write_text(
+        config.read_text()
+        + f'[[sources.modbus.buses]]\nname = "rs485"\nport = "{gw_end}"\nbaudrate = 115200\n'
+        + 'devices = [{ id = "em-0001", unit = 1, profile = "sdm120" },\n'
+        + '           { id = "wm-0003", unit = 3, profile = "sdm120" }]\n'
+    )
+    async with ModbusSimulator({1: "sdm120"}, serial=str(sim_end), baudrate=115200):
+        found = by_name(await run_selftest(config, lambda step: None))
+        assert found["modbus em-0001 (unit 1 on rs485)"].status is Status.PASS
+        assert found["modbus wm-0003 (unit 3 on rs485)"].status is Status.FAIL, "no device answers as unit 3"
+        holder = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", f"import time; f = open({str(gw_end)!r}, 'rb', buffering=0); time.sleep(60)"
+        )
+        try:
+            for _ in range(200):
+                if port_holders(str(gw_end)):
+                    break
+                await asyncio.sleep(0.02)
+            busy = by_name(await run_selftest(config, lambda step: None))["modbus bus rs485"]
+        finally:
+            holder.kill()
+            await holder.wait()
+    assert busy.status is Status.UNKNOWN
+    assert f"({holder.pid}): devices not polled" in busy.detail
+    assert "systemctl stop kakehashi-gateway" in busy.fix
