@@ -1,4 +1,4 @@
-"""``kakehashi gateway``: run the gateway service and inspect its outbox."""
+"""``kakehashi gateway``: run the gateway service, inspect its outbox, provision the Pi and self-test it on site."""
 
 from __future__ import annotations
 
