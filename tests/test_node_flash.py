@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -201,6 +202,7 @@ async def test_a_node_the_gateway_does_not_bind_never_reports_and_the_summary_sa
         result = await flash_node(request, board, steps.append)
     assert result.reported is False
     assert result.problem == f"no report from {NODE} reached the gateway within 6 s"
+    assert result.to_json()["reported"] is False
     assert any("[sources.nodes]" in step for step in result.next_steps)
     assert board.wakes >= 1, "the firmware ran"
     assert any("resetting the board" in step for step in steps)
@@ -212,7 +214,7 @@ async def test_a_node_the_gateway_does_not_bind_never_reports_and_the_summary_sa
 
 
 async def test_no_board_bad_settings_and_missing_pki_fail_fast_before_anything_is_issued(
-    cli: Cli, fleet: Fleet, tmp_path: Path
+    cli: Cli, fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = tmp_path / "settings.json"
     settings.write_text(json.dumps(SETTINGS))
@@ -230,6 +232,16 @@ async def test_no_board_bad_settings_and_missing_pki_fail_fast_before_anything_i
         "node", "flash", "--port", f"unix:{tmp_path / 'board'}", "--id", NODE, "--gateway", "h", "--pki", tmp_path / "x"
     )
     assert nowhere.error_line.startswith("error: ")
+    present = tmp_path / "ttyACM0"
+    present.touch()
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mpremote" else real_find_spec(name, *a)
+    )
+    no_tool = await cli("node", "flash", "--port", present, *common)
+    assert no_tool.error_line == (
+        "error: mpremote is not installed: run `pip install mpremote` in Kakehashi's environment and try again"
+    )
     assert fleet.ca.records_for(NODE) == [], "no certificate was issued"
     assert not (tmp_path / "board" / "node.json").exists()
 
