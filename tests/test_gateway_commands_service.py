@@ -78,14 +78,20 @@ async def gateway(fleet: Fleet, broker: RunningBroker, sim: ModbusSimulator, tmp
         await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)
 
 
+_unread: dict[int, list[wire.CommandAck]] = {}
+"""Acks received but not yet asked for, per link (a quick command's delivered and final acks share a message)."""
+
+
 async def next_ack(link: MqttLink, cid: str, within_s: float = 10) -> wire.CommandAck:
     end = time.monotonic() + within_s
+    unread = _unread.setdefault(id(link), [])
     while True:
+        for index, ack in enumerate(unread):
+            if ack.command_id == cid:
+                return unread.pop(index)
         message = await asyncio.wait_for(link.messages.get(), max(0.01, end - time.monotonic()))
         link.ack(message)
-        for ack in wire.decode_acks(message.payload).acks:
-            if ack.command_id == cid:
-                return ack
+        unread.extend(wire.decode_acks(message.payload).acks)
 
 
 async def until(check: Callable[[], bool | Awaitable[bool]], seconds: float, what: str) -> None:

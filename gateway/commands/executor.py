@@ -7,9 +7,11 @@ For each command (``kh/v1/<gw>/down/commands``), :meth:`CommandExecutor.submit`:
 2. acknowledges ``expired`` if its deadline has passed, ``failed`` with ``precondition_failed: reported version X,
    command wants Y`` if it has a precondition the gateway's reported twin version does not meet, or ``failed`` if no
    actuator owns the device or its actuator refuses it on sight (unknown command, unusable parameters, LPWA);
-3. otherwise acknowledges ``delivered`` at once and returns (so the downlink is PUBACKed and the next one read),
-   while a task waits for the device's lock, checks the deadline and the precondition again, and hands the command
-   to the actuator that owns the device (Modbus, node, LPWA);
+3. otherwise starts a task that waits for the device's lock, checks the deadline and the precondition again, and
+   hands the command to the actuator that owns the device (Modbus, node, LPWA), and acknowledges ``delivered``: if
+   the task finishes within :data:`DELIVERED_GRACE_S` (a Modbus write does), ``delivered`` and the outcome travel
+   in one acks message (one trip through outbox, broker and agent instead of two); otherwise ``delivered`` goes at
+   once, and :meth:`submit` returns (so the downlink is PUBACKed and the next one read);
 4. records the final acknowledgement (``succeeded`` with a result, ``failed`` with a reason, ``expired``) in the
    journal, then commits it to the outbox.
 
@@ -41,6 +43,8 @@ log = get_logger(__name__)
 RETENTION_S = 7 * 24 * 3600.0
 """Journal entries are kept this long past their command's deadline (for re-acknowledging late redeliveries)."""
 PRUNE_EVERY_S = 3600.0
+DELIVERED_GRACE_S = 0.025
+"""How long ``delivered`` waits to travel together with the outcome of a quick command."""
 
 
 class CommandExecutor:
@@ -63,6 +67,7 @@ class CommandExecutor:
         self._retention_s = retention_s
         self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
+        self._delivered: dict[str, wire.CommandAck] = {}  # delivered acks not yet in the outbox, by command id
         self._tasks: set[asyncio.Task[None]] = set()
         self._pruned_at = 0.0
         self._stopping = False
@@ -135,11 +140,17 @@ class CommandExecutor:
             stats.refused += 1
             await self._finish(command, refusal)
             return
-        await send_acks(self._outbox, (wire.CommandAck(command.command_id, wire.AckStatus.DELIVERED, now),))
+        self._delivered[command.command_id] = wire.CommandAck(command.command_id, wire.AckStatus.DELIVERED, now)
         task = asyncio.get_running_loop().create_task(self._run(command), name=f"command {command.command_id}")
         self._tasks.add(task)
         stats.running = len(self._tasks)
         task.add_done_callback(self._done)
+        # a quick command (a Modbus write) goes up with its delivered ack in one message; a slow one (a node that
+        # answers on its next wake) gets its delivered ack now and its outcome later
+        await asyncio.wait({task}, timeout=DELIVERED_GRACE_S)
+        delivered = self._delivered.pop(command.command_id, None)
+        if delivered is not None:
+            await send_acks(self._outbox, (delivered,))
         if now - self._pruned_at >= PRUNE_EVERY_S:
             await self._prune(now)
 
@@ -265,7 +276,8 @@ class CommandExecutor:
             status=ack.status.value,
             reason=ack.reason,
         )
-        await send_acks(self._outbox, (ack,))
+        delivered = self._delivered.pop(command.command_id, None)
+        await send_acks(self._outbox, (ack,) if delivered is None else (delivered, ack))
         await self._journal.mark_acked(command.command_id)
 
     async def _prune(self, now: float) -> None:
