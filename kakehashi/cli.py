@@ -21,7 +21,7 @@ from kakehashi.errors import KakehashiError
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "pki": ("cloud_agent.pki.cli:pki", "fleet certificate authority: init, issue, revoke, CRL, show"),
     "broker": ("kakehashi.broker.cli:broker", "run the Mosquitto broker with the fleet's TLS and ACL policy"),
-    "gateway": ("gateway.cli:gateway", "the Raspberry Pi gateway service: run, outbox"),
+    "gateway": ("gateway.cli:gateway", "the Raspberry Pi gateway service: run, outbox, provision, selftest"),
     "bench": ("kakehashi.bench_cli:bench", "run a benchmark: kakehashi bench <name> --json"),
     "demo": ("kakehashi.demo:demo", "run the whole system on this machine with simulated hardware"),
     "agent": ("cloud_agent.cli:agent", "the cloud agent service: run, API tokens"),
