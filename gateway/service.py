@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.commands.assemble import open_executor
 from gateway.commands.executor import CommandExecutor
@@ -32,6 +33,9 @@ from kakehashi import wire
 from kakehashi.errors import ConfigError
 from kakehashi.log import get_logger
 from kakehashi.mqtt import client_tls_context
+
+if TYPE_CHECKING:
+    from gateway.sources.nodes_settings import NodeSettingsRelay
 
 log = get_logger(__name__)
 
@@ -55,7 +59,9 @@ def build_sources(config: GatewayConfig) -> list[Source]:
     if section.nodes is not None:
         from gateway.sources.nodes import build_nodes_source
 
-        sources.append(build_nodes_source(section.nodes, config.gateway.id, config.uplink.identity()))
+        sources.append(
+            build_nodes_source(section.nodes, config.gateway.id, config.uplink.identity(), config.gateway.data_dir)
+        )
     for synthetic in section.synthetic:
         from gateway.sources.synthetic import SyntheticSource
 
@@ -109,6 +115,15 @@ class Gateway:
             log.info("crl_stored", path=str(path), bytes=len(crl))
 
 
+def _node_settings(sources: list[Source]) -> NodeSettingsRelay | None:
+    """The node relay's desired-settings part, if a nodes source is configured."""
+    if "gateway.sources.nodes" not in sys.modules:
+        return None
+    from gateway.sources.nodes import NodesSource
+
+    return next((s.settings for s in sources if isinstance(s, NodesSource) and s.settings is not None), None)
+
+
 async def open_gateway(config: GatewayConfig) -> Gateway:
     """Open the outbox and build every part, without starting anything."""
     client_tls_context(config.uplink.identity())  # certificate, key and trust bundle usable: else one clear line now
@@ -150,13 +165,17 @@ async def open_gateway(config: GatewayConfig) -> Gateway:
         return "applied"
 
     gateway_settings: dict[str, Callable[[Any], str]] = {"heartbeat_s": set_heartbeat}
+    node_settings = _node_settings(sources)
     twin = Twin(
         config.gateway.data_dir / "twin.json",
         outbox,
         sources={source.name: source for source in sources},
         gateway_settings=gateway_settings,
         effective=lambda: {"heartbeat_s": settings.heartbeat_s},
+        devices=node_settings,
     )
+    if node_settings is not None:
+        node_settings.on_change = twin.report
     lpwa_devices = [device.id for lpwa in config.sources.lpwa for device in lpwa.devices]
     commands = await open_executor(config.gateway.data_dir, outbox, sources, lpwa_devices, lambda: twin.version)
     gateway = Gateway(config, outbox, intake, uplink, sources, health, twin, commands)

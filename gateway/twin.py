@@ -5,6 +5,11 @@ A desired delta is a flat JSON object of settings, e.g. ``{"heartbeat_s": 60, "s
 the others are gateway settings. Each key is applied or rejected with a reason; the outcome is reported on
 ``up/reported`` with the version, through the outbox like any other uplink message. The last applied version is kept
 in ``twin.json`` so a restart does not re-apply or accept an older delta.
+
+A device's desired change arrives as ``{"devices": {"<device>": {...}}}`` (the registry's shape for a device's
+twin). It goes to the gateway's :class:`DeviceSettings` (the node relay's :mod:`gateway.sources.nodes_settings`),
+which answers per key (``devices.<device>.<key>``); the reported document then carries ``devices``, each device's
+settings as the device acknowledged them, and is reported again when a device's acknowledgement changes it.
 """
 
 from __future__ import annotations
@@ -33,6 +38,19 @@ class Reconfigurable(Protocol):
     def reconfigure(self, settings: Mapping[str, Any]) -> dict[str, str]: ...
 
 
+@runtime_checkable
+class DeviceSettings(Protocol):
+    """Devices behind the gateway that take desired settings (the bound nodes)."""
+
+    async def apply_desired(self, devices: Mapping[str, Any]) -> dict[str, str]:
+        """Per-key results (``devices.<device>[.<key>]``: "relayed: ...", "rejected: why", ...)."""
+        ...
+
+    def reported(self) -> dict[str, Any]:
+        """The ``devices`` part of the reported document."""
+        ...
+
+
 GatewaySetter = Callable[[Any], str]
 
 
@@ -45,8 +63,10 @@ class Twin:
         sources: Mapping[str, object],
         gateway_settings: Mapping[str, GatewaySetter],
         effective: Callable[[], dict[str, Any]],
+        devices: DeviceSettings | None = None,
     ) -> None:
         self._path = state_path
+        self._devices = devices
         self._outbox = outbox
         self._sources = sources
         self._gateway_settings = gateway_settings
@@ -67,11 +87,13 @@ class Twin:
         tmp.write_bytes(orjson.dumps({"desired_version": self.version, "at": time.time()}))
         os.replace(tmp, self._path)
 
-    def _apply(self, delta: Mapping[str, Any]) -> dict[str, str]:
+    async def _apply(self, delta: Mapping[str, Any]) -> dict[str, str]:
         results: dict[str, str] = {}
         per_source: dict[str, dict[str, Any]] = {}
         for key, value in delta.items():
-            if key.startswith("sources."):
+            if key == "devices":
+                results.update(await self._apply_devices(value))
+            elif key.startswith("sources."):
                 # source names may contain dots (modbus:10.0.0.5:502); setting names never do
                 name, _, setting = key[len("sources.") :].rpartition(".")
                 if not name or not setting:
@@ -98,6 +120,16 @@ class Twin:
                     results[f"sources.{name}.{setting}"] = outcome
         return results
 
+    async def _apply_devices(self, devices: Any) -> dict[str, str]:
+        if not isinstance(devices, dict):
+            return {"devices": "rejected: devices must be an object of device id to settings"}
+        if self._devices is None:
+            return {
+                f"devices.{device}": "rejected: no device behind this gateway takes settings (no node relay)"
+                for device in devices
+            }
+        return await self._devices.apply_desired(devices)
+
     async def handle(self, payload: bytes) -> None:
         """Apply one desired message (already known to be on our desired topic) and report the outcome."""
         message = wire.decode_desired(payload)
@@ -105,7 +137,7 @@ class Twin:
             log.warning("desired_stale", version=message.version, current=self.version)
             await self.report({"stale_desired_version": message.version})
             return
-        results = self._apply(message.delta)
+        results = await self._apply(message.delta)
         self.version = message.version
         self._save()
         log.info("desired_applied", version=message.version, results=results)
@@ -113,6 +145,10 @@ class Twin:
 
     async def report(self, extra: Mapping[str, Any] | None = None) -> None:
         state: dict[str, Any] = {"desired_version": self.version, "settings": self._effective()}
+        if self._devices is not None:
+            devices = self._devices.reported()
+            if devices:
+                state["devices"] = devices
         if extra:
             state.update(extra)
         version = self.version

@@ -9,7 +9,9 @@ uplinks with a persistent session and manual acknowledgement, and for each messa
 * only then answers the node on ``kn/v1/<node>/down/ack`` and PUBACKs the message.
 
 The same connection carries commands to the nodes (``down/commands``) and their acknowledgements back
-(``up/acks``), which go to :attr:`NodesSource.commands` (:mod:`gateway.sources.nodes_commands`).
+(``up/acks``), which go to :attr:`NodesSource.commands` (:mod:`gateway.sources.nodes_commands`), and, when the
+source has a state file, the nodes' desired settings (``down/config``) with their ``config-<n>`` acknowledgements,
+through :attr:`NodesSource.settings` (:mod:`gateway.sources.nodes_settings`).
 
 So a reading leaves a node's ring buffer only when the gateway holds it durably, and a redelivery after a crash on
 either side is recognised and acknowledged again without being stored twice.
@@ -27,8 +29,10 @@ from typing import Protocol
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.model import Priority, Reading
+from gateway.node_settings_store import NodeSettingsStore
 from gateway.sources.base import ReadingSink, SourceHealth
 from gateway.sources.nodes_commands import NodeCommandRelay
+from gateway.sources.nodes_settings import NodeSettingsRelay
 from kakehashi import wire
 from kakehashi.backoff import Backoff
 from kakehashi.errors import ConfigError
@@ -72,10 +76,19 @@ class RelaySink(ReadingSink, Protocol):
     async def submit_once(self, origin: str, origin_seq: int, readings: Sequence[Reading]) -> bool: ...
 
 
-class NodesSource:
-    """Relays bound edge nodes from the local broker into the outbox."""
+SETTINGS_FILE = "node-settings.json"
+"""The nodes' settings state in the gateway's data directory (:mod:`gateway.node_settings_store`)."""
 
-    def __init__(self, config: NodesSourceConfig, gateway_id: str, identity: TlsIdentity) -> None:
+
+class NodesSource:
+    """Relays bound edge nodes from the local broker into the outbox.
+
+    With ``settings_path`` (the service passes ``<data_dir>/node-settings.json``) it also relays the nodes' desired
+    settings (:attr:`settings`); without it, a relay of readings and commands only."""
+
+    def __init__(
+        self, config: NodesSourceConfig, gateway_id: str, identity: TlsIdentity, settings_path: Path | None = None
+    ) -> None:
         self.config = config
         self.gateway_id = gateway_id
         self.identity = identity
@@ -83,6 +96,9 @@ class NodesSource:
         self.relayed: Counter[str] = Counter()
         self.last_seen: dict[str, float] = {}
         self.commands = NodeCommandRelay()
+        self.settings: NodeSettingsRelay | None = None
+        if settings_path is not None:
+            self.settings = NodeSettingsRelay(NodeSettingsStore(settings_path), self.bound)
 
     @property
     def name(self) -> str:
@@ -97,6 +113,8 @@ class NodesSource:
         health.detail.update(
             bound=sorted(self.bound), relayed=self.relayed, last_seen=self.last_seen, commands=self.commands.counts
         )
+        if self.settings is not None:
+            health.detail["settings"] = self.settings.counts
         while True:
             try:
                 link = MqttLink(
@@ -113,10 +131,14 @@ class NodesSource:
                     backoff.reset()
                     self.commands.attach(link)
                     try:
+                        if self.settings is not None:
+                            await self.settings.attach(link)
                         async for message in link.receive():
                             await self._handle(link, message, relay, health)
                     finally:
                         self.commands.attach(None)
+                        if self.settings is not None:
+                            await self.settings.attach(None)
             except LinkError as exc:
                 health.state = "degraded"
                 health.count_error("connection", f"local broker {endpoint.host}:{endpoint.port}: {exc.message}")
@@ -135,12 +157,10 @@ class NodesSource:
             health.count_error("unbound_node", f"node {node} is not bound to {self.gateway_id}: message dropped")
             link.ack(message)
             return
+        if self.settings is not None:
+            await self.settings.on_uplink(node)  # before down/ack: the node still reads its downlink
         if channel is wire.NodeChannel.ACKS:
-            try:
-                self.commands.on_acks(node, message.payload)
-            except wire.WireError as exc:
-                health.count_error("malformed", f"node {node} acks: {exc.message}")
-                log.warning("node_acks_rejected", node=node, reason=exc.reason, detail=exc.message)
+            await self._acks(node, message.payload, health)
             link.ack(message)
             return
         if channel not in (wire.NodeChannel.READINGS, wire.NodeChannel.ALARMS):
@@ -181,11 +201,25 @@ class NodesSource:
             )
         link.ack(message)
 
+    async def _acks(self, node: str, payload: bytes, health: SourceHealth) -> None:
+        try:
+            acks: list[wire.CommandAck] = list(wire.decode_acks(payload).acks)
+        except wire.WireError as exc:
+            health.count_error("malformed", f"node {node} acks: {exc.message}")
+            log.warning("node_acks_rejected", node=node, reason=exc.reason, detail=exc.message)
+            return
+        if self.settings is not None:
+            acks = await self.settings.on_acks(node, acks)
+        self.commands.on_acks(node, acks)
 
-def build_nodes_source(config: NodesSourceConfig, gateway_id: str, default_identity: TlsIdentity) -> NodesSource:
+
+def build_nodes_source(
+    config: NodesSourceConfig, gateway_id: str, default_identity: TlsIdentity, data_dir: Path | None = None
+) -> NodesSource:
+    """The source with ``config``'s identity (or the uplink's); with ``data_dir``, it relays node settings too."""
     identity = TlsIdentity(
         config.ca_file or default_identity.ca_file,
         config.cert_file or default_identity.cert_file,
         config.key_file or default_identity.key_file,
     )
-    return NodesSource(config, gateway_id, identity)
+    return NodesSource(config, gateway_id, identity, data_dir / SETTINGS_FILE if data_dir is not None else None)

@@ -1,7 +1,9 @@
 """Commands relayed to edge nodes over the gateway's local broker, and the nodes' acknowledgements routed back.
 
 The node relay (:mod:`gateway.sources.nodes`) owns the one connection to the local broker; it attaches it here
-while it is up and hands every ``kn/v1/<node>/up/acks`` message to :meth:`NodeCommandRelay.on_acks`.
+while it is up and hands the command acknowledgements of every ``kn/v1/<node>/up/acks`` message to
+:meth:`NodeCommandRelay.on_acks` (the settings acknowledgements ``config-<n>`` go to
+:mod:`gateway.sources.nodes_settings`).
 
 :meth:`NodeCommandRelay.send` publishes a command on ``kn/v1/<node>/down/commands`` in the wire's command shape
 (``kakehashi.wire.encode_command``: id, device = the node, name, params, deadline, idempotency key), which is what
@@ -10,8 +12,8 @@ the command's deadline. The local broker keeps the command in the node's persist
 while the node sleeps; a node that wakes after the deadline acknowledges it ``expired`` without running it (the
 firmware checks the deadline too), so a command the gateway stopped waiting for never runs late.
 
-A node acknowledgement nobody waits for (a node's config ack ``config-<n>``, or a late ack of a command the gateway
-already finished) is counted in ``unmatched`` and logged.
+A command acknowledgement nobody waits for (a late ack of a command the gateway already finished) is counted in
+``unmatched`` and logged.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Sequence
 
 from kakehashi import wire
 from kakehashi.log import get_logger
@@ -80,10 +83,9 @@ class NodeCommandRelay:
         finally:
             self._waiting.pop(key, None)
 
-    def on_acks(self, node: str, payload: bytes) -> None:
-        """Route the acknowledgements in one ``up/acks`` message of ``node`` (raises ``WireError`` if malformed)."""
-        message = wire.decode_acks(payload)
-        for ack in message.acks:
+    def on_acks(self, node: str, acks: Sequence[wire.CommandAck]) -> None:
+        """Route command acknowledgements of ``node`` (from one ``up/acks`` message) to the commands waiting."""
+        for ack in acks:
             if ack.status not in _FINAL:
                 continue
             future = self._waiting.get((node, ack.command_id))
