@@ -1,0 +1,164 @@
+"""A neutral entity model for the City OS feed and its three serialisations.
+
+The mapping (:mod:`cloud_agent.northbound.mapping`) builds :class:`Entity` objects once; the transport then picks the
+form its broker speaks:
+
+* :func:`to_ngsi_ld` -- NGSI-LD *normalized* form: every attribute is ``{"type": "Property" | "GeoProperty" |
+  "Relationship", ...}``, with ``observedAt`` (ISO 8601 UTC, ``Z``), ``unitCode`` (UN/CEFACT common code) and the
+  ``@context`` list the caller passes.
+* :func:`to_ngsi_v2` -- NGSI v2 *normalized* form: ``{"type": <Number|Text|...>, "value": ..., "metadata": {...}}``
+  with ``dateObserved`` and ``unitCode`` metadata.
+* :func:`to_key_values` -- the bare ``{"id", "type", attr: value}`` projection that Smart Data Models schemas
+  validate.
+
+A date-time attribute value is a :class:`datetime.datetime`; the serialisers render it as ``{"@type": "DateTime",
+"@value": ...}`` (NGSI-LD), type ``DateTime`` (NGSI v2) or a plain ISO string (key-values). An attribute may carry a
+``clock_quality`` (``unsynced`` / ``estimated``): the reading's observed time is not from a synchronised clock. It is
+sent as the sub-property / metadata ``clockQuality`` and left out of the key-values form.
+
+Everything here is pure and allocation-light: the serialisers run once per entity per push.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeAlias
+
+__all__ = [
+    "JSON",
+    "Attr",
+    "AttrValue",
+    "Entity",
+    "Kind",
+    "iso_utc",
+    "to_key_values",
+    "to_ngsi_ld",
+    "to_ngsi_v2",
+]
+
+JSON: TypeAlias = "bool | int | float | str | list[JSON] | dict[str, JSON] | None"
+AttrValue: TypeAlias = "bool | int | float | str | datetime | list[JSON] | dict[str, JSON] | None"
+"""What an attribute holds: JSON, or a timezone-aware datetime for date-time attributes."""
+
+
+class Kind(enum.StrEnum):
+    """The NGSI-LD attribute kind."""
+
+    PROPERTY = "Property"
+    GEO_PROPERTY = "GeoProperty"
+    RELATIONSHIP = "Relationship"
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    """One attribute of an entity.
+
+    ``value`` is the target entity id (a URN) for a relationship and a GeoJSON geometry for a geo-property.
+    ``observed_at`` is epoch seconds (the reading's observed time), ``unit_code`` a UN/CEFACT common code.
+    """
+
+    value: AttrValue
+    kind: Kind = Kind.PROPERTY
+    observed_at: float | None = None
+    unit_code: str | None = None
+    clock_quality: str | None = None
+    """``None`` when the observed time comes from a synchronised clock; else the reading's clock quality."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entity:
+    """A context entity: a URN id, a Smart Data Models type and its attributes (name -> :class:`Attr`)."""
+
+    id: str
+    type: str
+    attrs: Mapping[str, Attr]
+
+
+def iso_utc(t: float | datetime) -> str:
+    """Epoch seconds or an aware datetime as ISO 8601 UTC with a ``Z`` (milliseconds when not whole seconds)."""
+    dt = t.astimezone(UTC) if isinstance(t, datetime) else datetime.fromtimestamp(t, UTC)
+    if dt.microsecond:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _plain(value: AttrValue) -> JSON:
+    return iso_utc(value) if isinstance(value, datetime) else value
+
+
+def _ld_attr(attr: Attr) -> dict[str, JSON]:
+    out: dict[str, JSON]
+    if attr.kind is Kind.RELATIONSHIP:
+        out = {"type": "Relationship", "object": _plain(attr.value)}
+    elif isinstance(attr.value, datetime):
+        out = {"type": "Property", "value": {"@type": "DateTime", "@value": iso_utc(attr.value)}}
+    else:
+        out = {"type": attr.kind.value, "value": attr.value}
+    if attr.observed_at is not None:
+        out["observedAt"] = iso_utc(attr.observed_at)
+    if attr.unit_code is not None:
+        out["unitCode"] = attr.unit_code
+    if attr.clock_quality is not None:
+        out["clockQuality"] = {"type": "Property", "value": attr.clock_quality}
+    return out
+
+
+def to_ngsi_ld(entity: Entity, contexts: str | Sequence[str]) -> dict[str, JSON]:
+    """The entity in NGSI-LD normalized form, with ``@context`` set to ``contexts`` (a URL or a list of URLs)."""
+    out: dict[str, JSON] = {"id": entity.id, "type": entity.type}
+    for name, attr in entity.attrs.items():
+        out[name] = _ld_attr(attr)
+    out["@context"] = contexts if isinstance(contexts, str) else list(contexts)
+    return out
+
+
+def _v2_type(attr: Attr) -> str:
+    value = attr.value
+    if attr.kind is Kind.RELATIONSHIP:
+        return "Relationship"
+    if attr.kind is Kind.GEO_PROPERTY:
+        return "geo:json"
+    if isinstance(value, datetime):
+        return "DateTime"
+    if isinstance(value, bool):
+        return "Boolean"
+    if isinstance(value, int | float):
+        return "Number"
+    if isinstance(value, str):
+        return "Text"
+    if value is None:
+        return "None"
+    return "StructuredValue"
+
+
+def _v2_attr(attr: Attr) -> dict[str, JSON]:
+    metadata: dict[str, JSON] = {}
+    if attr.observed_at is not None:
+        metadata["dateObserved"] = {"type": "DateTime", "value": iso_utc(attr.observed_at)}
+    if attr.unit_code is not None:
+        metadata["unitCode"] = {"type": "Text", "value": attr.unit_code}
+    if attr.clock_quality is not None:
+        metadata["clockQuality"] = {"type": "Text", "value": attr.clock_quality}
+    out: dict[str, JSON] = {"type": _v2_type(attr), "value": _plain(attr.value)}
+    if metadata:
+        out["metadata"] = metadata
+    return out
+
+
+def to_ngsi_v2(entity: Entity) -> dict[str, JSON]:
+    """The entity in NGSI v2 normalized form (``metadata`` carries ``dateObserved``, ``unitCode``, ``clockQuality``)."""
+    out: dict[str, JSON] = {"id": entity.id, "type": entity.type}
+    for name, attr in entity.attrs.items():
+        out[name] = _v2_attr(attr)
+    return out
+
+
+def to_key_values(entity: Entity) -> dict[str, JSON]:
+    """The key-values projection ``{"id", "type", name: value}`` (date-times as ISO strings): what schemas check."""
+    out: dict[str, JSON] = {"id": entity.id, "type": entity.type}
+    for name, attr in entity.attrs.items():
+        out[name] = _plain(attr.value)
+    return out
