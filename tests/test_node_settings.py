@@ -15,12 +15,17 @@ from typing import Any
 
 import pytest
 
+from gateway.config import parse_config
 from gateway.node_settings import LEVEL_NAMES, LEVEL_RANGE, RULES, check_settings
 from gateway.node_settings_store import VERSION_EPOCH, NodeSettingsStore
 from gateway.outbox import Outbox
+from gateway.service import open_gateway
+from gateway.sources.nodes import NodesSource
 from gateway.sources.nodes_settings import STALE_REASON, NodeSettingsRelay
 from gateway.twin import Twin
 from kakehashi import wire
+from tests.conftest import Fleet
+from tests.fleet import free_port
 
 EDGE = Path(__file__).resolve().parents[1] / "edge"
 sys.path.insert(0, str(EDGE))
@@ -176,3 +181,32 @@ async def test_a_node_refusal_and_a_stale_answer_are_recorded(tmp_path: Path) ->
     assert relay.reported()[NODE]["pending_version"] == third
     assert relay.counts["acks_ignored"] == 1
     assert json.loads((tmp_path / "node-settings.json").read_text())["nodes"][NODE]["version"] == third
+
+
+async def test_the_gateway_service_wires_the_node_relay_to_its_twin(fleet: Fleet, tmp_path: Path) -> None:
+    doc = {
+        "gateway": {"id": "gw-test-0001", "data_dir": str(tmp_path / "data")},
+        "uplink": {"host": "127.0.0.1", "port": free_port(), "ca_file": str(fleet.gw1.ca_file),
+                   "cert_file": str(fleet.gw1.cert_file), "key_file": str(fleet.gw1.key_file)},
+        "sources": {"nodes": {"port": free_port(), "nodes": [{"id": NODE}]}},
+    }  # fmt: skip
+    gateway = await open_gateway(parse_config(doc, tmp_path / "gateway.toml"))
+    try:
+        await gateway.twin.handle(desired(1, {"devices": {NODE: {"active_s": 120}}}))
+        report = await last_report(gateway.outbox)
+        devices = report.state["devices"]
+        assert isinstance(devices, dict)
+        assert devices[NODE]["pending"] is True  # type: ignore[index,call-overload]
+        saved = json.loads((tmp_path / "data" / "node-settings.json").read_text())
+        assert saved["nodes"][NODE]["desired"] == {"active_s": 120}
+        # the node's acknowledgement makes the gateway report again
+        [source] = gateway.sources
+        assert isinstance(source, NodesSource)
+        assert source.settings is not None
+        ack = wire.CommandAck(f"config-{saved['nodes'][NODE]['version']}", wire.AckStatus.SUCCEEDED, time.time())
+        await source.settings.on_acks(NODE, [ack])
+        devices = (await last_report(gateway.outbox)).state["devices"]
+        assert devices[NODE]["settings"] == {"active_s": 120}  # type: ignore[index,call-overload]
+    finally:
+        await gateway.commands.close()
+        await gateway.outbox.close()
