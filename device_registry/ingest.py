@@ -37,7 +37,7 @@ from device_registry.errors import NotFound
 from device_registry.inventory import EntityRow, entities_by_id
 from device_registry.lifecycle import ACCEPTS_TRAFFIC, WATCH_TAG, State
 from device_registry.models import IngestResult, Received
-from device_registry.schema import latest, readings
+from device_registry.schema import latest, northbound_outbox, readings
 from device_registry.transitions import activate_if_provisioned
 from kakehashi import wire
 
@@ -160,9 +160,16 @@ async def ingest(
 
 
 async def ingest_many(
-    conn: AsyncConnection, batches: Sequence[tuple[str, Sequence[Received]]], *, now: datetime
+    conn: AsyncConnection,
+    batches: Sequence[tuple[str, Sequence[Received]]],
+    *,
+    now: datetime,
+    northbound: bool = False,
 ) -> list[IngestResult]:
     """Store readings messages of several gateways; one :class:`IngestResult` per ``batches`` entry, in order.
+
+    With ``northbound`` each message that stored readings is also queued in ``northbound_outbox``, in this same
+    transaction, for delivery to the City OS.
 
     A gateway may appear more than once; its entries are merged (and their results then describe the merged batch,
     reported on its first entry, with empty results on the others). Raises :class:`NotFound` for an unknown gateway
@@ -199,6 +206,8 @@ async def ingest_many(
 
     history: list[Row] = []
     newest: dict[tuple[str, str], Row] = {}
+    queued: list[dict[str, Any]] = []
+    moment = now.timestamp()
     judged: dict[str, dict[str, tuple[Verdict, str]]] = {}
     tallies: dict[str, _Tally] = {}
     for gateway_id, gateway in admitted.items():
@@ -221,6 +230,11 @@ async def ingest_many(
                 row = _row(reading, gateway_id, seq, message.received_at)
                 history.append(row)
                 tally.stored += 1
+                if northbound and (not queued or queued[-1]["seq"] != seq or queued[-1]["gateway_id"] != gateway_id):
+                    queued.append(
+                        {"gateway_id": gateway_id, "seq": seq, "queued_at": moment, "not_before": moment,
+                         "state": "pending"}
+                    )  # fmt: skip
                 key = (device_id, reading.quantity)
                 current = newest.get(key)
                 if current is None or (row[_OBSERVED], row[_SEQ]) >= (current[_OBSERVED], current[_SEQ]):
@@ -230,6 +244,8 @@ async def ingest_many(
         paramstyle = conn.dialect.paramstyle
         await conn.exec_driver_sql(_insert_history_sql(paramstyle), history)
         await conn.exec_driver_sql(_upsert_latest_sql(paramstyle), [newest[key] for key in sorted(newest)])
+    if queued:
+        await conn.execute(northbound_outbox.insert(), queued)
     for gateway_id in admitted:
         tally = tallies[gateway_id]
         for device_id, (verdict, why) in judged[gateway_id].items():

@@ -23,7 +23,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from device_registry.database import reading, writing
 from device_registry.errors import SchemaMismatch
-from device_registry.schema import VERSION_1_TABLES, api_tokens, command_steps, commands, presence, schema_version
+from device_registry.schema import (
+    VERSION_1_TABLES,
+    api_tokens,
+    command_steps,
+    commands,
+    northbound_outbox,
+    presence,
+    schema_version,
+)
 
 __all__ = ["HEAD", "MIGRATIONS", "Migration", "MigrationReport", "check_schema", "current_version", "migrate"]
 
@@ -47,6 +55,13 @@ def _create_tables(conn: Connection) -> None:
 def _create_presence_and_api_tokens(conn: Connection) -> None:
     presence.create(conn)
     api_tokens.create(conn)
+
+
+def _create_northbound_outbox(conn: Connection) -> None:
+    northbound_outbox.create(conn)
+    # the northbound reads a stored message back by (gateway, seq); step 1 already creates this index on a database
+    # made after it was added to schema.py, hence IF NOT EXISTS (the same statement on SQLite and PostgreSQL)
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_readings_gateway_id_seq ON readings (gateway_id, seq)")
 
 
 def _create_commands(conn: Connection) -> None:
@@ -82,6 +97,7 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
     Migration(2, "append-only audit log", _guard_audit_log),
     Migration(3, "gateway presence and API tokens", _create_presence_and_api_tokens),
     Migration(4, "commands", _create_commands),
+    Migration(5, "northbound outbox", _create_northbound_outbox),
 )
 HEAD: Final = MIGRATIONS[-1].version
 """The schema version this software needs."""

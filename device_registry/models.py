@@ -398,3 +398,23 @@ class ApiPrincipal:
 
     name: str
     role: ApiRole
+
+
+@dataclass(frozen=True, slots=True)
+class NorthboundItem:
+    """A stored readings message waiting for the City OS (a row of ``northbound_outbox``)."""
+
+    id: int
+    gateway_id: str
+    seq: int
+    queued_at: float
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class NorthboundDepth:
+    """How much waits for the City OS: pending messages, dead-lettered ones, and the oldest pending one's age."""
+
+    pending: int
+    dead: int
+    oldest_queued_at: float | None

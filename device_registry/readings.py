@@ -25,7 +25,7 @@ def _value(row: sa.Row[Any]) -> float | str | bool | bytes:
     return bytes(row.data)
 
 
-def _stored(row: sa.Row[Any]) -> StoredReading:
+def stored_reading(row: sa.Row[Any]) -> StoredReading:
     return StoredReading(
         device_id=row.device_id,
         quantity=row.quantity,
@@ -41,7 +41,7 @@ def _stored(row: sa.Row[Any]) -> StoredReading:
 
 async def latest_of(conn: AsyncConnection, device_id: str) -> list[StoredReading]:
     stmt = sa.select(latest).where(latest.c.device_id == device_id).order_by(latest.c.quantity)
-    return [_stored(row) for row in (await conn.execute(stmt)).all()]
+    return [stored_reading(row) for row in (await conn.execute(stmt)).all()]
 
 
 async def history(
@@ -64,4 +64,4 @@ async def history(
     if until is not None:
         stmt = stmt.where(readings.c.observed_at < until)
     stmt = stmt.order_by(readings.c.observed_at, readings.c.id).limit(limit)
-    return [_stored(row) for row in (await conn.execute(stmt)).all()]
+    return [stored_reading(row) for row in (await conn.execute(stmt)).all()]

@@ -63,6 +63,7 @@ from device_registry.models import (
     Transition,
     Twin,
 )
+from device_registry.northbound_methods import NorthboundMethods
 from kakehashi import wire
 from kakehashi.wire import JSONObject
 
@@ -74,7 +75,7 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class Registry(CommandMethods):
+class Registry(CommandMethods, NorthboundMethods):
     """Gateways, devices, lifecycle, certificates, enrollment, twins, commands, readings and audit on one database.
 
     The command methods come from :class:`~device_registry.command_methods.CommandMethods`.
@@ -86,12 +87,15 @@ class Registry(CommandMethods):
         *,
         clock: Callable[[], datetime] = _utc_now,
         default_retention: timedelta = DEFAULT_RETENTION,
+        northbound: bool = False,
     ) -> None:
         self.engine = engine
         self._clock = clock
         seconds = validation.retention(default_retention)
         assert seconds is not None
         self.default_retention_s = seconds
+        self.northbound = northbound
+        """Queue every stored readings message for the City OS (``northbound_outbox``) in its ingest transaction."""
 
     @classmethod
     async def open(
@@ -102,6 +106,7 @@ class Registry(CommandMethods):
         clock: Callable[[], datetime] = _utc_now,
         default_retention: timedelta = DEFAULT_RETENTION,
         synchronous: Synchronous = "FULL",
+        northbound: bool = False,
     ) -> Self:
         """Open the registry at ``url``, migrating its schema (or, with ``migrate=False``, checking it is current)."""
         engine = open_registry(url, synchronous=synchronous)
@@ -113,7 +118,7 @@ class Registry(CommandMethods):
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine, clock=clock, default_retention=default_retention)
+        return cls(engine, clock=clock, default_retention=default_retention, northbound=northbound)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -594,7 +599,7 @@ class Registry(CommandMethods):
         messages = [item if isinstance(item, Received) else Received(*item) for item in batch]
         now = self._now()
         async with writing(self.engine) as conn:
-            return await ingest.ingest(conn, gateway_id, messages, now=now)
+            return (await ingest.ingest_many(conn, [(gateway_id, messages)], now=now, northbound=self.northbound))[0]
 
     async def ingest_many(
         self,
@@ -616,7 +621,7 @@ class Registry(CommandMethods):
         ]
         now = self._now()
         async with writing(self.engine) as conn:
-            results = await ingest.ingest_many(conn, checked, now=now) if checked else []
+            results = await ingest.ingest_many(conn, checked, now=now, northbound=self.northbound) if checked else []
             if seen:
                 await presence.touch(conn, seen)
         return results

@@ -206,6 +206,7 @@ readings: Final = sa.Table(
     *_reading_columns(),
     sa.Index(None, "device_id", "observed_at"),
     sa.Index(None, "received_at"),
+    sa.Index(None, "gateway_id", "seq"),
 )
 """History. The value is in exactly one of ``num``, ``text``, ``flag``, ``data``."""
 
@@ -302,10 +303,27 @@ command_steps: Final = sa.Table(
 )
 """Every state a command entered: its whole history (also in the audit log as ``command.<state>``)."""
 
+northbound_outbox: Final = sa.Table(
+    "northbound_outbox",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("gateway_id", EntityId, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("queued_at", sa.Double, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("not_before", sa.Double, nullable=False),
+    sa.Column("state", sa.String(8), nullable=False),
+    sa.Column("reason", sa.String(1024)),
+    sa.Index(None, "state", "not_before", "id"),
+)
+"""Readings messages stored but not yet delivered to the City OS: one row per (gateway, seq), written in the ingest
+transaction (so nothing stored is missed), deleted once the City OS accepted it; ``state`` is ``pending`` or
+``dead`` (dead-lettered with ``reason``)."""
+
 VERSION_1_TABLES: Final = tuple(
     table
     for table in metadata.sorted_tables
-    if table not in (schema_version, presence, api_tokens, commands, command_steps)
+    if table not in (schema_version, presence, api_tokens, commands, command_steps, northbound_outbox)
 )
 """The tables migration 1 creates (the schema of the first release)."""
 
