@@ -6,7 +6,7 @@ restart loses neither a change the node has not acknowledged yet nor the version
 ```json
 {"nodes": {"wl-0007": {"desired": {"active_s": 120, "levels.caution": 2.7}, "version": 95000042,
                        "applied": {"active_s": 120}, "applied_version": 95000017,
-                       "rejected": null, "seen": true, "sent_unseen": false}}}
+                       "rejected": null}}}
 ```
 """
 
@@ -44,10 +44,6 @@ class NodeSettingsState:
     applied_version: int = 0
     rejected: dict[str, Any] | None = None
     """``{"version": n, "reason": "..."}`` when the node refused the newest version sent."""
-    seen: bool = False
-    """The node has sent something through this gateway, so its persistent session exists on the local broker."""
-    sent_unseen: bool = False
-    """The newest version was published before the node was seen: a broker without the node's session dropped it."""
 
     @property
     def pending(self) -> bool:

@@ -16,10 +16,10 @@ Delivery: QoS 1, **not retained**. The node connects with ``clean_session=False`
 ``kn/v1/<node>/down/#`` at every wake, so the local broker (with persistence) queues the message in the node's
 session while it sleeps and delivers it at its next wake that connects. A retained message would be delivered again
 at every subscription, i.e. every wake, and the node would answer each copy "stale version". A node's session
-exists only once it has connected; a message published before that is dropped by the broker, so such a version is
-published again when the node's first uplink arrives, before its ``down/ack``, while the node still reads its
-downlink. Pending versions are also published again whenever the relay (re)connects (after a gateway restart, say);
-a duplicate is harmless.
+exists only once it has connected (and is gone if the broker lost its state); a message published without it is
+dropped by the broker. So pending versions are published again whenever the relay (re)connects (after a gateway
+restart, say), and once more at the first uplink of each node with a pending version after that, before the
+``down/ack``, while the node still reads its downlink. A duplicate is harmless: the node refuses it as stale.
 
 Acknowledgements: the node answers ``config-<version>`` on ``up/acks``: ``succeeded`` (applied; its result lists the
 keys) or ``rejected`` with its reason. ``stale version`` for the version the gateway waits for means the node
@@ -58,6 +58,7 @@ class NodeSettingsRelay:
         self._store = store
         self._bound = bound
         self._link: MqttLink | None = None
+        self._heard: set[str] = set()  # nodes heard from since the link came up: their sessions exist
         self.on_change: Callable[[], Awaitable[None]] | None = None
         """Called after a node's acknowledgement changed what is reported (the gateway re-reports its twin)."""
         self.counts: Counter[str] = Counter()
@@ -65,6 +66,7 @@ class NodeSettingsRelay:
     async def attach(self, link: MqttLink | None) -> None:
         """The relay's link to the local broker is up (``link``: pending versions are published) or down."""
         self._link = link
+        self._heard.clear()
         if link is not None:
             for node, state in sorted(self._store.nodes.items()):
                 if node in self._bound and state.pending:
@@ -113,7 +115,6 @@ class NodeSettingsRelay:
     def _new_version(self, state: NodeSettingsState) -> None:
         state.version = next_version(state, time.time())
         state.rejected = None
-        state.sent_unseen = not state.seen
 
     async def _publish(self, node: str, state: NodeSettingsState) -> None:
         link = self._link
@@ -132,16 +133,13 @@ class NodeSettingsRelay:
         log.info("node_settings_sent", node=node, version=state.version, settings=state.desired)
 
     async def on_uplink(self, node: str) -> None:
-        """A message from ``node`` arrived: its session exists; publish again a version it may never have had."""
-        state = self._store.state(node)
-        if state.seen:
+        """A message from ``node`` arrived: its session exists now; publish again a version it may never have had."""
+        if node in self._heard:
             return
-        state.seen = True
-        resend = state.pending and state.sent_unseen
-        state.sent_unseen = False
-        self._store.save()
-        if resend:
-            self.counts["resent_first_seen"] += 1
+        self._heard.add(node)
+        state = self._store.nodes.get(node)
+        if state is not None and state.pending:
+            self.counts["resent_first_heard"] += 1
             await self._publish(node, state)
 
     async def on_acks(self, node: str, acks: Sequence[wire.CommandAck]) -> list[wire.CommandAck]:
@@ -177,7 +175,6 @@ class NodeSettingsRelay:
             return True
         if ack.status is wire.AckStatus.REJECTED and ack.reason == STALE_REASON:
             self._new_version(state)
-            state.sent_unseen = False
             self._store.save()
             self.counts["resent_stale"] += 1
             log.warning("node_settings_stale", node=node, resent_as=state.version)
