@@ -294,9 +294,17 @@ class MqttLink:
         while True:
             getter = asyncio.ensure_future(self.messages.get())
             lost = asyncio.ensure_future(self.lost.wait())
-            done, _ = await asyncio.wait({getter, lost}, return_when=asyncio.FIRST_COMPLETED)
-            if getter in done:
+            try:
+                done, _ = await asyncio.wait({getter, lost}, return_when=asyncio.FIRST_COMPLETED)
+            except BaseException:  # the consumer was cancelled: leave no waiter behind, and lose no message
                 lost.cancel()
+                if getter.done() and not getter.cancelled():
+                    self.messages.put_nowait(getter.result())
+                else:
+                    getter.cancel()
+                raise
+            lost.cancel()
+            if getter in done:
                 yield getter.result()
                 continue
             getter.cancel()
