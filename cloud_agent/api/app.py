@@ -32,6 +32,7 @@ from cloud_agent.api.routes import (
     readings,
     twin,
 )
+from cloud_agent.northbound import context_source
 from cloud_agent.runtime import AgentRuntime
 from kakehashi import __version__
 
@@ -50,6 +51,7 @@ ROUTERS: Final[tuple[Callable[[AgentRuntime], APIRouter], ...]] = (
     api_tokens.router,
     enrollment_routes.router,
     import_routes.router,
+    context_source.router,
 )
 
 DESCRIPTION: Final = """\
