@@ -519,3 +519,9 @@ def test_key_values_of_a_mapping_are_plain_json() -> None:
     for entity in entities:
         doc: Mapping[str, object] = to_key_values(entity)
         assert json.loads(json.dumps(doc)) == doc
+
+
+def test_readings_of_another_device_are_refused() -> None:
+    mapped = map_readings(device("air_sensor", None), [reading("temperature", 20.0, "Cel", ident="other-0001")])
+    assert [e.type for e in mapped.entities] == ["Device"]
+    assert mapped.refused[0].reason == "not a reading of wl-0007"

@@ -215,3 +215,15 @@ def test_aggregator_never_emits_a_tag_id_and_conserves_counts(items: list[Sighti
     shared_tags = {s.tag_id for s in items if s.scopes}
     devices = {e.id for e in entities if e.type == "Device"}
     assert devices == {f"urn:ngsi-ld:Device:tag-{Pseudonymiser(SECRET).pseudonym(t)}" for t in shared_tags}
+
+
+def test_min_count_holds_back_small_zone_hours_until_enough_tags() -> None:
+    agg = CrowdAggregator(SECRET, min_count=3)
+    agg.add(Sighting("tag-a", "quiet-park", H0 + 1))
+    agg.add(Sighting("tag-b", "quiet-park", H0 + 2))
+    assert agg.flush(H0) == []
+    agg.add(Sighting("tag-c", "quiet-park", H0 + 3))
+    (crowd,) = agg.flush(H0)
+    assert crowd.attrs["peopleCount"].value == 3
+    with pytest.raises(ValueError, match="min_count"):
+        CrowdAggregator(SECRET, min_count=0)

@@ -555,7 +555,9 @@ def map_readings(
     family = family_of(device)
     if family is Family.WATCH_TAG:
         return Mapped((), tuple(Refusal(device.id, r.quantity, "watch tag: aggregated by privacy") for r in readings))
-    refused: list[Refusal] = []
+    refused = [
+        Refusal(r.device_id, r.quantity, f"not a reading of {device.id}") for r in readings if r.device_id != device.id
+    ]
     latest = _latest(r for r in readings if r.device_id == device.id)
     location = _point(device.location)
     if location is None and gateway is not None:

@@ -184,12 +184,17 @@ class CrowdAggregator:
     """Counts distinct watch tags per zone and hour, and collects what consented tags share; pure and in memory.
 
     Feed :meth:`add` with sightings (in any order); :meth:`flush` returns the entities of every hour up to the given
-    one that changed since the last flush. A late sighting of an hour already flushed (within ``keep_hours``) makes
-    that hour's entity go out again with the full, corrected count (same id: an upsert replaces it).
+    one that changed since the last flush. With ``min_count`` > 1 a zone-hour with fewer distinct tags is held back
+    (k-anonymity: a count of one in a quiet zone can single a person out) until enough tags are seen or it expires.
+    A late sighting of an hour already flushed (within ``keep_hours``) makes that hour's entity go out again with
+    the full, corrected count (same id: an upsert replaces it).
     """
 
-    def __init__(self, secret: bytes, *, keep_hours: int = 24) -> None:
+    def __init__(self, secret: bytes, *, keep_hours: int = 24, min_count: int = 1) -> None:
+        if min_count < 1:
+            raise ValueError("min_count must be at least 1")
         self._pseudonyms = Pseudonymiser(secret)
+        self._min_count = min_count
         self._keep = keep_hours * HOUR
         self._buckets: dict[tuple[str, int], _Bucket] = {}
         self._shared: dict[str, _Shared] = {}
@@ -232,7 +237,7 @@ class CrowdAggregator:
         upto = hour_of(hour)
         out: list[Entity] = []
         for (zone, start), bucket in sorted(self._buckets.items()):
-            if start <= upto and bucket.dirty:
+            if start <= upto and bucket.dirty and len(bucket.tags) >= self._min_count:
                 out.append(self._crowd(zone, start, bucket))
                 bucket.dirty = False
         shared = [(p, s) for p, s in self._shared.items() if hour_of(s.observed_at) <= upto]
@@ -241,7 +246,7 @@ class CrowdAggregator:
             del self._shared[pseudonym]
         self._flushed_to = upto if self._flushed_to is None else max(self._flushed_to, upto)
         horizon = self._flushed_to - self._keep
-        for key in [k for k, b in self._buckets.items() if k[1] < horizon and not b.dirty]:
+        for key in [k for k in self._buckets if k[1] < horizon]:
             del self._buckets[key]
         return out
 
