@@ -26,6 +26,7 @@ from cloud_agent.northbound.mapping import (
     entities_for,
     family_of,
     map_readings,
+    model_quantities,
     stage_of,
 )
 from cloud_agent.northbound.units import CEFACT, UnitError, convert, unit_code
@@ -476,13 +477,16 @@ def test_any_readings_map_to_valid_entities_or_are_refused(
     readings = [reading(q, v, u, at=T0 + i, clock=c, ident=ident) for i, (q, v, u, c) in enumerate(rows)]
     mapped = map_readings(dev, readings)
     check_all(list(mapped.entities))
-    accounted = {r.quantity for r in mapped.refused}
-    for entity in mapped.entities:
-        if entity.type == "DeviceMeasurement":
-            accounted.add(str(entity.attrs["controlledProperty"].value))
-        else:
-            accounted.update(q for q, _, _, _ in rows)  # taken into a model entity
-    assert {q for q, _, _, _ in rows} <= accounted
+    # every quantity reached an entity (a model entity's attribute or a DeviceMeasurement) or was refused with a reason
+    measured = {e.attrs["controlledProperty"].value for e in mapped.entities if e.type == "DeviceMeasurement"}
+    refused = {r.quantity for r in mapped.refused}
+    assert all(r.reason for r in mapped.refused)
+    model = model_quantities(family_of(dev))
+    for quantity, _, unit, _ in rows:
+        in_model = quantity in model or (quantity == "battery" and unit == "%")
+        assert quantity in measured or quantity in refused or in_model, quantity
+    if located or family_of(dev) is not Family.SINGLE_PHASE:  # unlocated AC readings fall back to DeviceMeasurement
+        assert not measured & model
     assert map_readings(dev, readings) == mapped  # deterministic: same input, same ids and attributes
 
 

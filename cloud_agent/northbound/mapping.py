@@ -54,6 +54,7 @@ __all__ = [
     "entities_for",
     "family_of",
     "map_readings",
+    "model_quantities",
     "stage_of",
     "urn",
 ]
@@ -236,6 +237,17 @@ _CATEGORY: Final[Mapping[Family, str]] = {
     Family.SINGLE_PHASE: "meter",
     Family.THREE_PHASE: "meter",
 }
+
+
+def model_quantities(family: Family) -> frozenset[str]:
+    """Quantities a family puts into its model entities (``Device`` included) instead of a ``DeviceMeasurement``.
+
+    ``battery`` counts only in % (as ``batteryLevel``); in volts it is a ``DeviceMeasurement``.
+    """
+    quantities = set(_DEVICE_HEALTH) | set(_RULES.get(family, {}))
+    if family is Family.WATER_LEVEL:
+        quantities |= {"stage", *_LEVEL_QUANTITIES}
+    return frozenset(quantities)
 
 
 @dataclass(frozen=True, slots=True)
