@@ -44,6 +44,8 @@ REFS = {
 T0 = 1_795_308_828.25
 CREATED = datetime(2026, 4, 1, tzinfo=UTC)
 URN = re.compile(r"^urn:ngsi-ld:[A-Za-z][A-Za-z0-9]*:[A-Za-z0-9()+,\-.:=@;$_!*'%/?#]+$")
+LD_RESERVED = {"value", "object", "observedAt", "unitCode", "datasetId", "createdAt", "modifiedAt"}
+"""NGSI-LD core terms that may not be used as attribute names."""
 ISO_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z$")
 
 
@@ -75,6 +77,7 @@ def check_ld(entity: Entity) -> None:
     for name, attr in doc.items():
         if name in ("id", "type", "@context"):
             continue
+        assert name not in LD_RESERVED, name
         assert isinstance(attr, dict), name
         assert attr["type"] in ("Property", "GeoProperty", "Relationship"), name
         if attr["type"] == "Relationship":
@@ -350,7 +353,7 @@ def test_gateway_device_entity_with_presence() -> None:
     check_all(entities)
     (gw,) = entities
     assert gw.id == "urn:ngsi-ld:Device:gw-kakogawa-0012"
-    assert gw.attrs["value"].value == "online"
+    assert gw.attrs["online"] == Attr(True, Kind.PROPERTY, T0 - 60)
     assert gw.attrs["deviceCategory"].value == ["network"]
     assert family_of(GATEWAY) is Family.GATEWAY
 

@@ -532,7 +532,7 @@ def _device_entity(
     if last is not None:
         attrs["dateLastValueReported"] = Attr(_dt(last))
     if presence is not None:
-        attrs["value"] = Attr("online" if presence.online else "offline")
+        attrs["online"] = Attr(presence.online, Kind.PROPERTY, presence.changed_at)
     if location is not None:
         attrs["location"] = Attr(location, Kind.GEO_PROPERTY)
     return Entity(device_urn(device.id), "Device", attrs), taken
