@@ -199,6 +199,27 @@ async def test_207_transient_failure_dead_lettered_after_max_attempts() -> None:
     assert queue.dead[0].reason.startswith("InternalError")
 
 
+async def test_outage_retries_do_not_use_up_per_entity_attempts() -> None:
+    broker = NgsiLdBroker()
+    queue = MemoryQueue()
+    flaky = "urn:ngsi-ld:WaterObserved:wl-0000"
+    broker.faults.answer(500, times=3)
+    broker.faults.entity_errors[flaky] = "InternalError"
+    settings = PusherSettings(batch_size=10, backoff_initial_s=0.1, backoff_max_s=0.1, max_attempts=3, idle_poll_s=0.01)
+    async with StandInServer(broker.app()) as server, httpx.AsyncClient(timeout=2) as http:
+        ids = queue.put([ld_update(0, 0), ld_update(1, 0)])
+        async with pushing(queue, NgsiLdClient(http, server.url), settings) as pusher:
+            await wait_until(lambda: pusher.metrics.retried >= 3 * 2 + 1)  # three 500s for both, then the 207
+            assert queue.last_error(ids[0]).startswith("InternalError")  # type: ignore[union-attr]
+            broker.faults.entity_errors.clear()
+            await wait_until(lambda: drained(queue))
+    statuses = [r.status for r in broker.records]
+    assert statuses[:4] == [500, 500, 500, 207]  # 3 failed requests > max_attempts - 1, yet not dead-lettered
+    assert statuses[-1] == 201
+    assert not queue.dead
+    assert pusher.metrics.delivered == 2
+
+
 async def test_v2_one_bad_entity_is_split_out_and_dead_lettered() -> None:
     broker = OrionBroker()
     queue = MemoryQueue()

@@ -45,7 +45,8 @@ class PusherSettings:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 60.0
     max_attempts: int = 10
-    """Transient per-entity failures (in a 207) before the update is dead-lettered; outages never count here."""
+    """Transient per-entity failures (in a 207) before the update is dead-lettered; failures of whole requests
+    (outages, 5xx, 429) never count here, and a restart of the agent starts the count again."""
     idle_poll_s: float = 0.1
     """How often an empty queue is looked at again (or at once after :meth:`Pusher.wake`)."""
 
@@ -92,6 +93,8 @@ class Pusher:
         self.metrics = PusherMetrics()
         self._failures_in_row = 0
         self._resume_at = 0.0
+        self._entity_failures: dict[int, int] = {}
+        """Update id → transient per-entity failures so far (in memory: a restart grants fresh tries)."""
         self._wake = asyncio.Event()
         self._done = asyncio.Event()
 
@@ -154,6 +157,8 @@ class Pusher:
         self._failures_in_row = 0
         by_id = {u.entity_id: u for u in batch}
         accepted = [u.id for u in batch if u.entity_id not in failures]
+        for update_id in accepted:
+            self._entity_failures.pop(update_id, None)
         if accepted:
             await self.source.delivered(accepted)
             self.metrics.delivered += len(accepted)
@@ -163,9 +168,10 @@ class Pusher:
                 continue
             reason = f"{failure.kind}: {failure.detail}"
             self.metrics.failures[failure.kind] += 1
-            if failure.transient and update.attempts + 1 < self.settings.max_attempts:
-                not_before = time.time() + self._backoff(update.attempts + 1)
-                await self.source.retry_later([update.id], not_before, reason)
+            tries = self._entity_failures.pop(update.id, 0) + 1
+            if failure.transient and tries < self.settings.max_attempts:
+                self._entity_failures[update.id] = tries
+                await self.source.retry_later([update.id], time.time() + self._backoff(tries), reason)
                 self.metrics.retried += 1
             else:
                 kind = failure.kind if not failure.transient else "retries_exhausted"
@@ -201,6 +207,8 @@ class Pusher:
 
     async def _dead_letter(self, updates: Sequence[QueuedUpdate], kind: str, reason: str) -> None:
         await self.source.dead_letter([u.id for u in updates], reason)
+        for update in updates:
+            self._entity_failures.pop(update.id, None)
         self.metrics.dead_lettered[kind] += len(updates)
         self.metrics.last_error, self.metrics.last_error_at = reason, time.time()
         log.warning(
