@@ -73,7 +73,7 @@ def problem_of(response: httpx.Response, status: int, kind: str | None) -> dict[
     """The answer is ProblemDetails with ``status`` and the NGSI-LD error type ``kind`` (None: about:blank)."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
+    body: dict[str, Any] = response.json()
     assert set(body) == {"type", "title", "status", "detail"}, body
     assert body["type"] == (ERRORS + kind if kind else "about:blank"), body
     assert body["status"] == status
