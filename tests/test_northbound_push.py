@@ -9,7 +9,7 @@ import datetime
 import ipaddress
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from cryptography.x509.oid import NameOID
 from cloud_agent.northbound.ngsi_clients import BrokerClient, NgsiLdClient, NgsiV2Client, PushError, tls_verify
 from cloud_agent.northbound.oauth import ClientCredentials, TokenSource
 from cloud_agent.northbound.pusher import Pusher, PusherSettings
-from cloud_agent.northbound.queue import MemoryQueue, NorthboundSource
+from cloud_agent.northbound.queue import MemoryQueue, NorthboundSource, QueuedUpdate
 from cloud_agent.northbound.queue_sqlite import SqliteQueue
 from hw.cityos import NgsiLdBroker, OrionBroker, StandInServer, TokenAuthority
 
@@ -343,3 +343,39 @@ async def test_https_with_configured_ca(tmp_path: Path) -> None:
             async with pushing(queue, NgsiLdClient(http, server.url)):
                 await wait_until(lambda: drained(queue))
     assert len(broker.entities()) == 3
+
+
+class FlakyQueue(MemoryQueue):
+    """A queue whose storage fails now and then: the first fetch and the first two ``delivered`` calls raise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fetch_failures = 1
+        self.delivered_failures = 2
+
+    async def fetch(self, limit: int) -> list[QueuedUpdate]:
+        if self.fetch_failures:
+            self.fetch_failures -= 1
+            raise OSError("disk I/O error")
+        return await super().fetch(limit)
+
+    async def delivered(self, ids: Sequence[int]) -> None:
+        if self.delivered_failures:
+            self.delivered_failures -= 1
+            raise OSError("database is locked")
+        await super().delivered(ids)
+
+
+async def test_queue_storage_errors_are_retried_and_nothing_is_lost() -> None:
+    broker = NgsiLdBroker()
+    queue = FlakyQueue()
+    async with StandInServer(broker.app()) as server, httpx.AsyncClient(timeout=2) as http:
+        queue.put([ld_update(n, seq) for seq in range(2) for n in range(5)])
+        async with pushing(queue, NgsiLdClient(http, server.url)) as pusher:
+            await wait_until(lambda: drained(queue))
+    assert (queue.fetch_failures, queue.delivered_failures) == (0, 0)
+    assert pusher.metrics.failures["queue"] == 3
+    assert sequences([(e, doc) for _, e, doc in broker.updates]) == {
+        f"urn:ngsi-ld:WaterObserved:wl-{n:04d}": [0, 1] for n in range(5)
+    }
+    assert pusher.metrics.delivered == 10

@@ -25,7 +25,7 @@ import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,8 @@ class PusherSettings:
     (outages, 5xx, 429) never count here, and a restart of the agent starts the count again."""
     idle_poll_s: float = 0.1
     """How often an empty queue is looked at again (or at once after :meth:`Pusher.wake`)."""
+    stop_grace_s: float = 15.0
+    """When stopping, how long requests in flight may take to finish and be recorded in the queue."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_in_flight < 1 or self.max_attempts < 1:
@@ -96,7 +98,6 @@ class Pusher:
         self._entity_failures: dict[int, int] = {}
         """Update id → transient per-entity failures so far (in memory: a restart grants fresh tries)."""
         self._wake = asyncio.Event()
-        self._done = asyncio.Event()
 
     def wake(self) -> None:
         """New updates were queued: look at once instead of at the next idle poll."""
@@ -122,7 +123,11 @@ class Pusher:
                 elif len(in_flight) >= limit:
                     await _first(stopping, *in_flight)
                 else:
-                    batch = await self.source.fetch(self.settings.batch_size)
+                    try:
+                        batch = await self.source.fetch(self.settings.batch_size)
+                    except Exception as exc:
+                        self._queue_failed("fetch", exc)
+                        continue
                     if batch:
                         task = asyncio.create_task(self._send(batch), name="northbound-push")
                         in_flight.add(task)
@@ -141,8 +146,10 @@ class Pusher:
             with contextlib.suppress(asyncio.CancelledError):
                 await stopping
             if in_flight:
-                results = await asyncio.gather(*in_flight, return_exceptions=True)
-                for result in results:
+                _, late = await asyncio.wait(set(in_flight), timeout=self.settings.stop_grace_s)
+                for task in late:  # settling against a queue that keeps failing: sent again after a restart
+                    task.cancel()
+                for result in await asyncio.gather(*in_flight, *late, return_exceptions=True):
                     if isinstance(result, Exception):
                         log.error("northbound_push_crashed", error=repr(result))
             log.info("northbound_pusher_stopped", **self.metrics.as_dict())
@@ -154,13 +161,17 @@ class Pusher:
         except PushError as exc:
             await self._request_failed(batch, exc)
             return
+        except Exception as exc:  # a defect in a client must not leave the batch handed out for good
+            log.exception("northbound_client_crashed", entities=len(batch))
+            await self._request_failed(batch, PushError("internal", repr(exc), transient=True))
+            return
         self._failures_in_row = 0
         by_id = {u.entity_id: u for u in batch}
         accepted = [u.id for u in batch if u.entity_id not in failures]
         for update_id in accepted:
             self._entity_failures.pop(update_id, None)
         if accepted:
-            await self.source.delivered(accepted)
+            await self._settle("delivered", self.source.delivered, accepted)
             self.metrics.delivered += len(accepted)
         for entity_id, failure in failures.items():
             update = by_id.get(entity_id)
@@ -171,7 +182,9 @@ class Pusher:
             tries = self._entity_failures.pop(update.id, 0) + 1
             if failure.transient and tries < self.settings.max_attempts:
                 self._entity_failures[update.id] = tries
-                await self.source.retry_later([update.id], time.time() + self._backoff(tries), reason)
+                await self._settle(
+                    "retry_later", self.source.retry_later, [update.id], time.time() + self._backoff(tries), reason
+                )
                 self.metrics.retried += 1
             else:
                 kind = failure.kind if not failure.transient else "retries_exhausted"
@@ -193,7 +206,7 @@ class Pusher:
         self._failures_in_row += 1
         wait = exc.retry_after if exc.retry_after is not None else self._backoff(self._failures_in_row)
         self._resume_at = max(self._resume_at, time.monotonic() + wait)
-        await self.source.retry_later([u.id for u in batch], time.time() + wait, reason)
+        await self._settle("retry_later", self.source.retry_later, [u.id for u in batch], time.time() + wait, reason)
         self.metrics.retried += len(batch)
         log.warning(
             "northbound_push_failed",
@@ -206,7 +219,7 @@ class Pusher:
         )
 
     async def _dead_letter(self, updates: Sequence[QueuedUpdate], kind: str, reason: str) -> None:
-        await self.source.dead_letter([u.id for u in updates], reason)
+        await self._settle("dead_letter", self.source.dead_letter, [u.id for u in updates], reason)
         for update in updates:
             self._entity_failures.pop(update.id, None)
         self.metrics.dead_lettered[kind] += len(updates)
@@ -218,6 +231,26 @@ class Pusher:
             entities=len(updates),
             entity_ids=[u.entity_id for u in updates[:10]],
         )
+
+    async def _settle(self, operation: str, call: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Record an outcome in the queue, trying again with back-off while the queue's storage fails: an outcome
+        is never dropped (the broker already has the update, or we know it must be retried or dead-lettered)."""
+        failures = 0
+        while True:
+            try:
+                await call(*args)
+            except Exception as exc:
+                failures += 1
+                self._queue_failed(operation, exc)
+                await asyncio.sleep(self._backoff(failures))
+            else:
+                return
+
+    def _queue_failed(self, operation: str, exc: Exception) -> None:
+        self.metrics.failures["queue"] += 1
+        self.metrics.last_error, self.metrics.last_error_at = f"queue {operation}: {exc!r}", time.time()
+        self._resume_at = max(self._resume_at, time.monotonic() + self.settings.backoff_initial_s)
+        log.error("northbound_queue_failed", operation=operation, error=repr(exc))
 
     def _backoff(self, failures: int) -> float:
         """Exponential back-off with jitter: between half and all of initial × 2^(failures-1), capped."""
