@@ -32,9 +32,16 @@ from cloud_agent.api.routes import (
     readings,
     twin,
 )
-from cloud_agent.northbound import context_source
 from cloud_agent.runtime import AgentRuntime
 from kakehashi import __version__
+
+
+def _context_source_router(runtime: AgentRuntime) -> APIRouter:
+    """The read-only NGSI-LD context source at ``/ngsi-ld/v1`` (imported here: it builds on this package's auth)."""
+    from cloud_agent.northbound import context_source
+
+    return context_source.router(runtime)
+
 
 ROUTERS: Final[tuple[Callable[[AgentRuntime], APIRouter], ...]] = (
     agent.router,
@@ -51,7 +58,7 @@ ROUTERS: Final[tuple[Callable[[AgentRuntime], APIRouter], ...]] = (
     api_tokens.router,
     enrollment_routes.router,
     import_routes.router,
-    context_source.router,
+    _context_source_router,
 )
 
 DESCRIPTION: Final = """\
