@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -101,6 +101,29 @@ class CommandsSection(_Strict):
     )
 
 
+class NorthboundSection(_Strict):
+    kind: Literal["ngsi-ld", "ngsi-v2"] = Field(description="the City OS broker's API")
+    url: str = Field(description="the broker's base URL, e.g. https://cityos.example (no /ngsi-ld/v1 or /v2)")
+    tenant: str | None = Field(default=None, description="NGSI-LD: the NGSILD-Tenant header")
+    service: str | None = Field(default=None, description="NGSI v2: the Fiware-Service header")
+    service_path: str | None = Field(default=None, description="NGSI v2: the Fiware-ServicePath header")
+    ca_file: Path | None = Field(default=None, description="trust bundle for the broker's HTTPS certificate")
+    token_url: str | None = Field(default=None, description="OAuth 2.0 token endpoint (client credentials)")
+    client_id: str | None = None
+    client_secret_file: Path | None = Field(default=None, description="a file holding the client secret")
+    scope: str | None = None
+    batch_size: int = Field(default=100, ge=1, le=1000, description="entities per request at most")
+    max_in_flight: int = Field(default=4, ge=1, le=64, description="requests in flight at once")
+    timeout_s: float = Field(default=10.0, ge=0.5, le=300.0)
+
+    @field_validator("url", "token_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
+
+
 class ApiSection(_Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -124,6 +147,7 @@ class AgentConfig(_Strict):
     ingest: IngestSection = Field(default_factory=IngestSection)
     presence: PresenceSection = Field(default_factory=PresenceSection)
     commands: CommandsSection = Field(default_factory=CommandsSection)
+    northbound: NorthboundSection | None = None
     api: ApiSection = Field(default_factory=ApiSection)
     pki: PkiSection = Field(default_factory=PkiSection)
     retention: RetentionSection = Field(default_factory=RetentionSection)
@@ -135,6 +159,7 @@ def _resolve(base: Path, doc: dict[str, Any]) -> None:
         ("broker", ("ca_file", "cert_file", "key_file")),
         ("api", ("certfile", "keyfile")),
         ("pki", ("dir",)),
+        ("northbound", ("ca_file", "client_secret_file")),
     ):
         part = doc.get(section)
         if isinstance(part, dict):
@@ -157,6 +182,11 @@ def parse_config(doc: dict[str, Any], path: Path) -> AgentConfig:
         config = AgentConfig.model_validate(doc)
     except ValidationError as exc:
         raise config_error(path, exc, HINTS) from None
+    northbound = config.northbound
+    if northbound is not None and northbound.token_url and not (northbound.client_id and northbound.client_secret_file):
+        raise ConfigError(
+            f"{path}: northbound: token_url needs client_id and client_secret_file (OAuth 2.0 client credentials)"
+        )
     if config.api.enabled and (config.api.certfile is None or config.api.keyfile is None):
         raise ConfigError(
             f"{path}: api: certfile and keyfile are required (the API speaks HTTPS only); "

@@ -79,6 +79,7 @@ class UplinkIngest:
         *,
         came_online: Callable[[str], None],
         acks_applied: Callable[[str], None] = lambda gateway_id: None,
+        readings_stored: Callable[[], None] = lambda: None,
         retry_max_s: float = 10.0,
         stop: asyncio.Event | None = None,
     ) -> None:
@@ -86,6 +87,7 @@ class UplinkIngest:
         self._metrics = metrics
         self._came_online = came_online
         self._acks_applied = acks_applied
+        self._readings_stored = readings_stored
         self._retry_max_s = retry_max_s
         self._stop = stop or asyncio.Event()
 
@@ -128,6 +130,7 @@ class UplinkIngest:
             await self._store_readings(readings, seen)
             committed = time.time()
             self._metrics.stored_latency_ms.extend((committed - at) * 1000 for at in formed_at)
+            self._readings_stored()
         for gateway_id, _channel, message, received_at in others:
             await self._store_other(gateway_id, message, received_at)
         for delivery in deliveries:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from kakehashi.wire import JSONObject
 
@@ -46,6 +48,8 @@ class AgentMetrics:
     """Command state changes the gateways' acknowledgements made."""
     crl_published: int = 0
     last_batch_ms: float = 0.0
+    extra: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    """More sections of the snapshot, each read when the snapshot is taken (e.g. the northbound pusher's)."""
     stored_latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     """For the newest readings messages: commit time minus the message's ``ts`` (when the gateway formed it), so
     it includes time spent in the gateway's outbox and assumes synchronised clocks."""
@@ -86,4 +90,5 @@ class AgentMetrics:
             "crl_published": self.crl_published,
             "last_batch_ms": round(self.last_batch_ms, 2),
             "stored_latency": self.latency(),
+            **{name: section() for name, section in self.extra.items()},
         }

@@ -11,6 +11,8 @@ One asyncio TaskGroup runs every part until SIGTERM/SIGINT (or ``stop``):
 - twin delivery sends desired deltas to online gateways; command dispatch sends commands (one at a time per device),
   resends unacknowledged ones and expires overdue ones; the CRL publisher keeps the CRL fresh and on the gateways;
 - the retention loop purges history past its retention;
+- with ``[northbound]``, the pusher feeds the City OS from the registry's northbound outbox (every stored message,
+  queued in its ingest transaction) as Smart Data Models entities over NGSI-LD or NGSI v2;
 - the HTTPS API (``[api]``) serves the registry to asset managers, the CLI and the City OS.
 
 On stop the batch in hand is finished (stored and acknowledged), then everything closes.
@@ -24,11 +26,15 @@ import signal
 import time
 from collections.abc import Callable
 
+import httpx
+
 from cloud_agent.command_dispatch import CommandDispatch
 from cloud_agent.config import AgentConfig
 from cloud_agent.fleet_actions import CrlPublisher, CurrentLink, FleetActions
 from cloud_agent.ingest import TRANSIENT_ERRORS, Delivery, UplinkIngest
 from cloud_agent.metrics import AgentMetrics
+from cloud_agent.northbound.pusher import Pusher
+from cloud_agent.northbound.setup import build_pusher
 from cloud_agent.pki.authority import CertificateAuthority
 from cloud_agent.runtime import AgentRuntime
 from cloud_agent.twin_delivery import TwinDelivery
@@ -124,6 +130,7 @@ class AgentService:
             self.metrics,
             came_online=self._came_online,
             acks_applied=self.commands.notify,
+            readings_stored=self._readings_stored,
             retry_max_s=config.ingest.retry_max_s,
             stop=self.stop,
         )
@@ -135,6 +142,15 @@ class AgentService:
         )
         self.connected = asyncio.Event()
         self.api_ready = asyncio.Event()
+        self.pusher: Pusher | None = None
+        self._northbound_http: httpx.AsyncClient | None = None
+        if config.northbound is not None:
+            self.pusher, self._northbound_http = build_pusher(config.northbound, registry)
+            self.metrics.extra["northbound"] = self.pusher.metrics.as_dict
+
+    def _readings_stored(self) -> None:
+        if self.pusher is not None:
+            self.pusher.wake()
 
     def _came_online(self, gateway_id: str) -> None:
         self.twin.came_online(gateway_id)
@@ -247,6 +263,8 @@ class AgentService:
                 tg.create_task(self.crl.run(self.stop))
             if self.config.api.enabled:
                 tg.create_task(self.run_api())
+            if self.pusher is not None:
+                tg.create_task(self.pusher.run(self.stop))
             if on_started is not None:
                 on_started(self)
             await self.stop.wait()
@@ -264,7 +282,7 @@ async def open_agent(config: AgentConfig) -> AgentService:
     """Check the TLS identity, open (and migrate) the registry and the CA, without starting anything."""
     client_tls_context(config.broker.identity())  # unusable certificate, key or bundle: one clear line now
     authority = None if config.pki.dir is None else CertificateAuthority.open(config.pki.dir)
-    registry = await Registry.open(config.database.url)
+    registry = await Registry.open(config.database.url, northbound=config.northbound is not None)
     return AgentService(config, registry, authority)
 
 
@@ -292,6 +310,8 @@ async def run_agent(
         if own_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
+        if service._northbound_http is not None:
+            await service._northbound_http.aclose()
         await service.registry.close()
         log.info("agent_stopped", agent=config.agent.id, metrics=service.metrics.snapshot())
 

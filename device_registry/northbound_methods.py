@@ -35,13 +35,17 @@ class NorthboundMethods:
     """The northbound outbox: pending, readings back, delivered, retry, dead letter, depth."""
 
     async def northbound_pending(
-        self: _Registry, *, limit: int = 500, now: float | None = None
+        self: _Registry, *, limit: int = 500, now: float | None = None, after: int = 0
     ) -> list[NorthboundItem]:
-        """Pending messages due now, oldest first."""
+        """Pending messages due now, oldest first; ``after`` skips the ids up to it (already taken)."""
         at = self._now().timestamp() if now is None else float(now)
         stmt = (
             sa.select(northbound_outbox)
-            .where(northbound_outbox.c.state == PENDING, northbound_outbox.c.not_before <= at)
+            .where(
+                northbound_outbox.c.state == PENDING,
+                northbound_outbox.c.not_before <= at,
+                northbound_outbox.c.id > after,
+            )
             .order_by(northbound_outbox.c.id)
             .limit(max(1, min(limit, 10_000)))
         )

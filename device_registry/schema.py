@@ -315,6 +315,7 @@ northbound_outbox: Final = sa.Table(
     sa.Column("state", sa.String(8), nullable=False),
     sa.Column("reason", sa.String(1024)),
     sa.Index(None, "state", "not_before", "id"),
+    sqlite_autoincrement=True,  # ids are never reused, also after the table empties: the pusher reads "after id"
 )
 """Readings messages stored but not yet delivered to the City OS: one row per (gateway, seq), written in the ingest
 transaction (so nothing stored is missed), deleted once the City OS accepted it; ``state`` is ``pending`` or

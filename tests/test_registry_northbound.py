@@ -53,3 +53,15 @@ async def test_nothing_is_queued_without_the_northbound(registry: Registry, cloc
     await bound_device(registry, "wl-0001", gw)
     await registry.ingest_readings(gw, [(1, T0, [reading("wl-0001", 1.0)])])
     assert (await registry.northbound_depth()).pending == 0
+
+
+async def test_ids_keep_rising_after_the_outbox_empties(registry: Registry, clock: FakeClock) -> None:
+    feed = _northbound(registry, clock)
+    gw = await provisioned_gateway(registry, clock)
+    await bound_device(registry, "wl-0001", gw)
+    await feed.ingest_readings(gw, [(1, T0, [reading("wl-0001", 1.0)])])
+    (first,) = await feed.northbound_pending(now=clock.now.timestamp())
+    await feed.northbound_delivered([first.id])
+    await feed.ingest_readings(gw, [(2, T0, [reading("wl-0001", 2.0)])])
+    (second,) = await feed.northbound_pending(now=clock.now.timestamp(), after=first.id)
+    assert second.id > first.id

@@ -1,0 +1,54 @@
+"""Building the agent's City OS feed from its ``[northbound]`` settings: HTTP client, OAuth tokens, broker client,
+the registry-backed source and the pusher."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from cloud_agent.northbound.entities import Entity, to_ngsi_ld, to_ngsi_v2
+from cloud_agent.northbound.mapping import contexts_for
+from cloud_agent.northbound.ngsi_clients import BrokerClient, NgsiLdClient, NgsiV2Client, tls_verify
+from cloud_agent.northbound.oauth import ClientCredentials, TokenSource, read_secret
+from cloud_agent.northbound.pusher import Pusher, PusherSettings
+from cloud_agent.northbound.registry_source import RegistryNorthboundSource
+from device_registry import Registry
+
+if TYPE_CHECKING:
+    from cloud_agent.config import NorthboundSection
+
+
+def _ngsi_ld(entity: Entity) -> dict[str, Any]:
+    return dict(to_ngsi_ld(entity, contexts_for(entity.type)))
+
+
+def _ngsi_v2(entity: Entity) -> dict[str, Any]:
+    return dict(to_ngsi_v2(entity))
+
+
+def build_pusher(settings: NorthboundSection, registry: Registry) -> tuple[Pusher, httpx.AsyncClient]:
+    """The pusher for ``settings`` over ``registry``, and the HTTP client to close when the agent stops."""
+    http = httpx.AsyncClient(verify=tls_verify(settings.ca_file), timeout=settings.timeout_s)
+    tokens = None
+    if settings.token_url:
+        assert settings.client_id is not None
+        assert settings.client_secret_file is not None
+        credentials = ClientCredentials(
+            settings.token_url, settings.client_id, read_secret(settings.client_secret_file), settings.scope
+        )
+        tokens = TokenSource(credentials, http)
+    client: BrokerClient
+    if settings.kind == "ngsi-ld":
+        client = NgsiLdClient(http, settings.url, tenant=settings.tenant, tokens=tokens)
+        serialize = _ngsi_ld
+    else:
+        client = NgsiV2Client(
+            http, settings.url, service=settings.service, service_path=settings.service_path, tokens=tokens
+        )
+        serialize = _ngsi_v2
+    source = RegistryNorthboundSource(registry, serialize)
+    pusher = Pusher(
+        source, client, PusherSettings(batch_size=settings.batch_size, max_in_flight=settings.max_in_flight)
+    )
+    return pusher, http
