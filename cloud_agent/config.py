@@ -112,6 +112,11 @@ class NorthboundSection(_Strict):
     client_id: str | None = None
     client_secret_file: Path | None = Field(default=None, description="a file holding the client secret")
     scope: str | None = None
+    pseudonym_secret_file: Path | None = Field(
+        default=None,
+        description="secret for watch-tag pseudonyms (HMAC); unset: a random one per start (unstable pseudonyms)",
+    )
+    crowd_flush_s: float = Field(default=60.0, ge=0.1, le=3600.0, description="how often crowd counts go out")
     batch_size: int = Field(default=100, ge=1, le=1000, description="entities per request at most")
     max_in_flight: int = Field(default=4, ge=1, le=64, description="requests in flight at once")
     timeout_s: float = Field(default=10.0, ge=0.5, le=300.0)
@@ -159,7 +164,7 @@ def _resolve(base: Path, doc: dict[str, Any]) -> None:
         ("broker", ("ca_file", "cert_file", "key_file")),
         ("api", ("certfile", "keyfile")),
         ("pki", ("dir",)),
-        ("northbound", ("ca_file", "client_secret_file")),
+        ("northbound", ("ca_file", "client_secret_file", "pseudonym_secret_file")),
     ):
         part = doc.get(section)
         if isinstance(part, dict):

@@ -4,6 +4,7 @@ entities arrive, in order per entity, across a City OS outage; watch tags never 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tests.fleet import RunningBroker
 GW = "gw-test-0001"
 GAUGE, TAG = "wl-0101", "bt-0001"
 TOPIC = wire.topic_for(GW, wire.Channel.READINGS)
-T0 = 1.8e9
+T0 = time.time() - 3600  # within the last hour or two: crowd counts are flushed up to the current hour
 
 
 @pytest.fixture(name="registry")
@@ -59,7 +60,8 @@ async def test_stored_readings_reach_the_city_os_in_order_across_an_outage(
     async with StandInServer(city.app()) as server:
         config = agent_config(
             fleet, broker.endpoint, f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}", tmp_path / "agent",
-            northbound={"kind": "ngsi-ld", "url": server.url, "tenant": "kakogawa", "batch_size": 10},
+            northbound={"kind": "ngsi-ld", "url": server.url, "tenant": "kakogawa", "batch_size": 10,
+                        "crowd_flush_s": 0.2},
         )  # fmt: skip
         async with running_agent(config) as agent, gateway_link(broker.endpoint, fleet.gw1, GW) as gw:
             for seq in range(1, 6):
@@ -90,8 +92,13 @@ async def test_stored_readings_reach_the_city_os_in_order_across_an_outage(
             )
             assert levels() == [round(1.0 + seq / 10, 6) for seq in range(1, 11)], "every sample, in order"
             await wait_for(_drained(registry), what="the northbound outbox drained")
+            crowd_urn = "urn:ngsi-ld:CrowdFlowObserved:"
+            await wait_for(lambda: any(e.startswith(crowd_urn) for e in city.entities("kakogawa")),
+                           what=lambda: f"a crowd count: {sorted(city.entities('kakogawa'))}")  # fmt: skip
         ids = set(city.entities("kakogawa"))
         assert "urn:ngsi-ld:Device:" + GAUGE in ids
+        crowd = [city.entities("kakogawa")[e] for e in ids if e.startswith("urn:ngsi-ld:CrowdFlowObserved:")]
+        assert crowd, "watch tags are counted per zone and hour"
         assert not any(TAG in entity_id for entity_id in ids), "a watch tag never leaves raw"
         assert all(TAG not in str(entity) for _, _, entity in city.updates)
 

@@ -10,8 +10,12 @@ into the entity updates the pusher sends (:class:`~cloud_agent.northbound.queue.
    of a message), serialised for the configured broker (NGSI-LD or NGSI v2);
 3. it stages the updates in a :class:`~cloud_agent.northbound.queue.MemoryQueue`, which keeps the order per entity;
 4. a row is deleted from the outbox when all its updates were accepted, or marked dead with the reasons when some
-   were refused for good. A message that maps to nothing (watch tags: only aggregates leave, see
-   :mod:`cloud_agent.northbound.privacy`) is settled at once.
+   were refused for good. A message that maps to nothing is settled at once.
+
+Watch-tag sightings never leave raw: they go to a :class:`~cloud_agent.northbound.privacy.CrowdAggregator`, whose
+counts per zone and hour (and what a tag's consent allows it to share, under a pseudonym) are flushed every
+``crowd_flush_s`` as entities of their own. Those counts live in memory: a restart starts the current hour's counts
+afresh (the next flush of that hour overwrites the entity with a lower count until it catches up).
 
 The staging is in memory: after a restart the rows still in the outbox are taken again and re-sent (upserts are
 idempotent), so delivery is at least once. Devices, gateways and twins are cached for ``cache_s`` seconds.
@@ -25,8 +29,9 @@ from typing import Any
 
 from cloud_agent.northbound.entities import Entity
 from cloud_agent.northbound.mapping import entities_for
+from cloud_agent.northbound.privacy import CrowdAggregator, sightings_from
 from cloud_agent.northbound.queue import MemoryQueue, QueuedUpdate, QueueStats
-from device_registry import Device, Gateway, NotFound, Registry, StoredReading
+from device_registry import WATCH_TAG, Device, Gateway, NotFound, Registry, StoredReading
 from kakehashi.log import get_logger
 from kakehashi.wire import JSONObject
 
@@ -39,9 +44,19 @@ class RegistryNorthboundSource:
     """A :class:`~cloud_agent.northbound.queue.NorthboundSource` over the registry's northbound outbox."""
 
     def __init__(
-        self, registry: Registry, serialize: Serializer, *, rows_per_load: int = 200, cache_s: float = 30.0
+        self,
+        registry: Registry,
+        serialize: Serializer,
+        *,
+        crowd: CrowdAggregator | None = None,
+        crowd_flush_s: float = 60.0,
+        rows_per_load: int = 200,
+        cache_s: float = 30.0,
     ) -> None:
         self._registry = registry
+        self._crowd = crowd
+        self._crowd_flush_s = crowd_flush_s
+        self._crowd_flushed = time.monotonic()
         self._serialize = serialize
         self._rows_per_load = rows_per_load
         self._cache_s = cache_s
@@ -94,6 +109,11 @@ class RegistryNorthboundSource:
                 self.refused_readings += len(group)
                 continue
             gateway = await self._entity(group[0].gateway_id)
+            if isinstance(device, Device) and device.kind == WATCH_TAG:
+                if self._crowd is not None:  # only counts per zone and hour leave (and what consent allows)
+                    for sighting in sightings_from(device, group, gateway if isinstance(gateway, Gateway) else None):
+                        self._crowd.add(sighting)
+                continue
             settings = await self._twin_settings(device_id)
             for entity in entities_for(
                 device, group, gateway=gateway if isinstance(gateway, Gateway) else None, settings=settings
@@ -125,7 +145,9 @@ class RegistryNorthboundSource:
         done: list[int] = []
         dead: list[tuple[int, str]] = []
         for update_id in ids:
-            row = self._row_of.pop(update_id)
+            row = self._row_of.pop(update_id, None)
+            if row is None:  # a crowd count, derived from stored sightings: nothing to settle in the outbox
+                continue
             if dead_reason is not None:
                 self._dead.setdefault(row, []).append(dead_reason)
             self._open[row] -= 1
@@ -142,7 +164,16 @@ class RegistryNorthboundSource:
 
     # -- NorthboundSource -----------------------------------------------------------------------------------
 
+    def _flush_crowd(self) -> None:
+        if self._crowd is None or time.monotonic() - self._crowd_flushed < self._crowd_flush_s:
+            return
+        self._crowd_flushed = time.monotonic()
+        entities = self._crowd.flush(time.time())
+        if entities:
+            self._staging.put([self._serialize(entity) for entity in entities])  # derived: no outbox row behind
+
     async def fetch(self, limit: int) -> list[QueuedUpdate]:
+        self._flush_crowd()
         if (await self._staging.stats()).pending < limit:
             await self._load()
         return await self._staging.fetch(limit)

@@ -3,6 +3,7 @@ the registry-backed source and the pusher."""
 
 from __future__ import annotations
 
+import secrets
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -11,6 +12,7 @@ from cloud_agent.northbound.entities import Entity, to_ngsi_ld, to_ngsi_v2
 from cloud_agent.northbound.mapping import contexts_for
 from cloud_agent.northbound.ngsi_clients import BrokerClient, NgsiLdClient, NgsiV2Client, tls_verify
 from cloud_agent.northbound.oauth import ClientCredentials, TokenSource, read_secret
+from cloud_agent.northbound.privacy import CrowdAggregator
 from cloud_agent.northbound.pusher import Pusher, PusherSettings
 from cloud_agent.northbound.registry_source import RegistryNorthboundSource
 from device_registry import Registry
@@ -47,7 +49,12 @@ def build_pusher(settings: NorthboundSection, registry: Registry) -> tuple[Pushe
             http, settings.url, service=settings.service, service_path=settings.service_path, tokens=tokens
         )
         serialize = _ngsi_v2
-    source = RegistryNorthboundSource(registry, serialize)
+    if settings.pseudonym_secret_file is not None:
+        secret = read_secret(settings.pseudonym_secret_file).encode()
+    else:
+        secret = secrets.token_bytes(32)
+    crowd = CrowdAggregator(secret)
+    source = RegistryNorthboundSource(registry, serialize, crowd=crowd, crowd_flush_s=settings.crowd_flush_s)
     pusher = Pusher(
         source, client, PusherSettings(batch_size=settings.batch_size, max_in_flight=settings.max_in_flight)
     )
