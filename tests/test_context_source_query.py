@@ -188,3 +188,14 @@ def test_link_header() -> None:
         with pytest.raises(NgsiLdError) as refused:
             check_link(bad)
         assert (refused.value.kind, refused.value.status) == ("BadRequestData", 400)
+
+
+def test_openapi_documents_the_ngsi_ld_routes() -> None:
+    from cloud_agent.api import create_app
+    from cloud_agent.runtime import AgentRuntime
+
+    app = create_app(AgentRuntime(registry=None, actions=None))  # type: ignore[arg-type]
+    paths = app.openapi()["paths"]
+    query = {parameter["name"] for parameter in paths["/ngsi-ld/v1/entities"]["get"]["parameters"]}
+    assert {"type", "q", "georel", "limit", "offset", "count", "options"} <= query
+    assert "/ngsi-ld/v1/entities/{entity_id}" in paths

@@ -32,7 +32,9 @@ from cloud_agent.northbound.context_source_entities import EntitySource
 from cloud_agent.northbound.context_source_errors import NgsiLdError, NgsiLdRoute
 from cloud_agent.northbound.context_source_request import (
     CONTEXT_REL,
+    DEFAULT_LIMIT,
     JSON_LD,
+    MAX_LIMIT,
     EntityQuery,
     attrs_of,
     check_link,
@@ -54,6 +56,38 @@ AGENT_CONTEXT: Final[dict[str, Any]] = {"@context": [*dict.fromkeys(CONTEXTS.val
 COUNT_HEADER: Final = "NGSILD-Results-Count"
 
 Reader = Annotated[ApiPrincipal, Depends(require_role(*EVERYONE))]
+
+
+def _parameters(*described: tuple[str, str]) -> dict[str, Any]:
+    """OpenAPI query parameters (the routes read them themselves, to refuse them as ProblemDetails)."""
+    return {
+        "parameters": [
+            {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": text}
+            for name, text in described
+        ]
+    }
+
+
+_FORM: Final = (
+    ("attrs", "Comma-separated attribute names: only these are answered."),
+    ("options", "keyValues for the simplified form (sysAttrs and concise are not supported: 422)."),
+    ("format", "simplified, keyValues or normalized."),
+)
+QUERY_PARAMETERS: Final = _parameters(
+    ("type", "Comma-separated entity types (short names or IRIs), e.g. FloodMonitoring,WaterObserved."),
+    ("id", "Comma-separated entity ids (URNs)."),
+    ("idPattern", "A regular expression searched in the entity id."),
+    ("q", "NGSI-LD query language, e.g. stage>=3;currentLevel>2.5 (see docs/context-source.md)."),
+    ("georel", "near;maxDistance==<m>, near;minDistance==<m>, within, intersects, disjoint or equals."),
+    ("geometry", "Point or Polygon."),
+    ("coordinates", "GeoJSON coordinates, e.g. [134.84,34.756]."),
+    ("geoproperty", "The geo property to test (default location)."),
+    ("limit", f"Page size, default {DEFAULT_LIMIT}, at most {MAX_LIMIT}; 0 with count=true."),
+    ("offset", "Entities to skip."),
+    ("count", "true adds the NGSILD-Results-Count header."),
+    *_FORM,
+)
+RETRIEVE_PARAMETERS: Final = _parameters(*_FORM)
 
 
 def _context_link(request: Request) -> str:
@@ -161,11 +195,11 @@ def router(runtime: AgentRuntime) -> APIRouter:
     source = EntitySource(runtime.registry)
     routes = APIRouter(prefix=BASE, route_class=NgsiLdRoute, tags=["NGSI-LD context source"])
 
-    @routes.get("/entities", summary="Query entities (NGSI-LD)")
+    @routes.get("/entities", summary="Query entities (NGSI-LD)", openapi_extra=QUERY_PARAMETERS)
     async def query_entities(request: Request, _principal: Reader) -> Response:
         return await _query(request, source)
 
-    @routes.get("/entities/{entity_id:path}", summary="Retrieve an entity (NGSI-LD)")
+    @routes.get("/entities/{entity_id:path}", summary="Retrieve an entity (NGSI-LD)", openapi_extra=RETRIEVE_PARAMETERS)
     async def retrieve_entity(request: Request, entity_id: str, _principal: Reader) -> Response:
         return await _retrieve(request, source, entity_id)
 
