@@ -297,6 +297,14 @@ async def test_roles(city: Api) -> None:
 
 
 async def test_watch_tags_never_appear(city: Api) -> None:
+    read: list[str] = []
+    latest = city.registry.latest
+
+    async def recording(device_id: str) -> Any:
+        read.append(device_id)
+        return await latest(device_id)
+
+    city.registry.latest = recording  # type: ignore[method-assign]
     every = await city.call(
         "GET", f"{BASE}/entities", CITY, params={"type": ",".join(sorted(ENTITY_TYPES)), "limit": 1000}
     )
@@ -309,3 +317,5 @@ async def test_watch_tags_never_appear(city: Api) -> None:
     for entity_type in sorted(ENTITY_TYPES):
         quoted = quote(f"urn:ngsi-ld:{entity_type}:tag-0001", safe=":")
         problem_of(await city.call("GET", f"{BASE}/entities/{quoted}", CITY), 404, "ResourceNotFound")
+    assert read
+    assert "tag-0001" not in read  # not even read from the registry

@@ -143,6 +143,8 @@ class EntitySource:
                     item = await self._registry.get_gateway(registry_id)
                 except NotFound:
                     continue
+            if not TYPES_BY_FAMILY[family_of(item)]:
+                continue  # a watch tag: nothing of it is served, so nothing of it is read
             owner = item.id if isinstance(item, Gateway) else item.gateway_id
             presence = await self._registry.presence_of([owner]) if owner is not None else {}
             for entity in await self._build(item, presence.get(owner) if owner else None, gateways):
