@@ -14,7 +14,9 @@ What runs (everything real except the hardware, which is simulated at its own in
 * the cloud agent (``cloud_agent.service``) with its HTTPS API: an asset manager registers the gateway, imports the
   devices from a CSV sheet and makes a one-time enrollment token; the gateway makes its key and enrolls over HTTPS;
   every reading is stored once in the registry (SQLite); a desired setting round-trips through the twin; commands
-  open a valve, switch the node to flood mode and (after a second person confirms) close the valve again.
+  open a valve, switch the node to flood mode and (after a second person confirms) close the valve again;
+* a City OS: the NGSI-LD broker stand-in (``hw/cityos``) receiving Smart Data Models entities from the agent's
+  northbound feed, through an outage of a few seconds, with watch tags only as counts per zone and hour.
 
 It also shows that a foreign certificate and a revoked one are refused. ``--seconds N --json`` runs headless and
 prints one JSON summary; the exit status is non-zero if any accepted reading was lost or any check failed.
@@ -33,11 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+import orjson
 import sqlalchemy as sa
 
 from bench.harness import enroll, free_port
 from cloud_agent.api_client import ApiClient
 from cloud_agent.config import parse_config as parse_agent_config
+from cloud_agent.northbound.mapping import CONTEXTS
 from cloud_agent.pki.authority import CertificateAuthority
 from cloud_agent.service import AgentService, run_agent
 from device_registry import Registry
@@ -47,6 +51,7 @@ from gateway.enrollment import enroll_gateway
 from gateway.service import Gateway, run_gateway
 from hw.ble.population import population as ble_population
 from hw.ble.simulator import SimulatedAir, attached
+from hw.cityos import NgsiLdBroker, StandInServer
 from hw.lpwa.simulator import LpwaModuleSimulator, default_population, gateway_toml
 from hw.modbus.simulator import ModbusSimulator
 from kakehashi import ui
@@ -63,6 +68,10 @@ GATEWAY_ID = "gw-demo-0001"
 REVOKED_ID = "gw-demo-0002"
 NODE_ID = "wl-0201"
 VALVE_ID = "wm-0001"
+CITY_TENANT = "kakogawa"
+CITY_OUTAGE_S = 3.0
+ZONE = "kakogawa-north"
+GATEWAY_LOCATION = {"latitude": 34.7566, "longitude": 134.8411, "place": "Kakogawa river, pumping station 3"}
 BLE_ADAPTER = "hci-demo"
 MODBUS_DEVICES = {1: ("em-0001", "sdm120"), 2: ("wm-0001", "water-meter"), 3: ("wl-0101", "water-level")}
 DRAIN_SECONDS = 10.0
@@ -208,12 +217,14 @@ async def run_demo(workdir: Path, seconds: float, *, progress: bool = True) -> d
     ]
     air = SimulatedAir(tags, seed=7)
 
-    say("starting Mosquitto (fleet, and the gateway's local broker for nodes) and the hardware simulators")
+    city = NgsiLdBroker(allowed_contexts=set(CONTEXTS.values()))
+    say("starting Mosquitto (fleet, and the gateway's local broker for nodes), the hardware simulators and a City OS")
     async with (
         _broker(ca, workdir / "broker", AccessProfile()) as fleet_endpoint,
         _broker(ca, workdir / "local-broker", AccessProfile("local", GATEWAY_ID)) as local_endpoint,
         ModbusSimulator({unit: profile for unit, (_, profile) in MODBUS_DEVICES.items()}) as modbus,
         LpwaModuleSimulator("im920", link_path=workdir / "lpwa0", devices=lpwa_devices, interval_s=0.4) as _lpwa,
+        StandInServer(city.app()) as city_server,
     ):
         with attached(BLE_ADAPTER, air):
             refused, detail = await _refused(fleet_endpoint, impostor, GATEWAY_ID)
@@ -236,6 +247,12 @@ async def run_demo(workdir: Path, seconds: float, *, progress: bool = True) -> d
                     "api": {"host": "127.0.0.1", "port": api_port, "certfile": str(api_cert), "keyfile": str(api_key)},
                     "pki": {"dir": str(ca.path)},
                     "presence": {"heartbeat_timeout_s": 20, "check_interval_s": 1},
+                    "northbound": {
+                        "kind": "ngsi-ld",
+                        "url": city_server.url,
+                        "tenant": CITY_TENANT,
+                        "crowd_flush_s": 2.0,
+                    },
                 },
                 workdir / "agent.toml",
             )
@@ -252,7 +269,7 @@ async def run_demo(workdir: Path, seconds: float, *, progress: bool = True) -> d
                 try:
                     summary = await _with_agent(
                         agent, url, ca, workdir, say, checks, seconds, fleet_endpoint, local_endpoint, modbus.port,
-                        node_identity, lpwa_devices, ble_tags,
+                        node_identity, lpwa_devices, ble_tags, CityOs(city, city_server),
                     )  # fmt: skip
                 finally:
                     stop_agent.set()
@@ -289,6 +306,7 @@ async def _with_agent(
     node_identity: TlsIdentity,
     lpwa_devices: list[Any],
     ble_tags: list[dict[str, Any]],
+    city: CityOs,
 ) -> dict[str, Any]:
     registry = agent.registry
     admin_secret, _ = await registry.create_api_token("demo-admin", "admin", actor="operator")
@@ -297,7 +315,8 @@ async def _with_agent(
         created = await _api(admin, "POST", "/v1/api-tokens", {"name": MANAGER, "role": "asset-manager"})
     with ApiClient(url, created["token"], ca=ca.trust_bundle_path) as manager:
         say(f"asset manager {MANAGER}: registers the gateway, imports the devices from CSV, makes an enrollment token")
-        await _api(manager, "POST", "/v1/gateways", {"id": GATEWAY_ID, "organisation": ORG})
+        gateway_doc = {"id": GATEWAY_ID, "organisation": ORG, "location": GATEWAY_LOCATION, "labels": {"zone": ZONE}}
+        await _api(manager, "POST", "/v1/gateways", gateway_doc)
         report = await asyncio.to_thread(manager.import_devices, _registration_csv(lpwa_devices, ble_tags))
         imported = report.get("created", 0) if isinstance(report, dict) else 0
         failed = report.get("failed", 0) if isinstance(report, dict) else 0
@@ -352,6 +371,10 @@ async def _with_agent(
             started_commands = time.monotonic()
             say("asset manager: opens valve wm-0001, switches node wl-0201 to flood mode, asks to close the valve")
             commands = await _actuation(manager, url, admin_secret, ca, checks, say)
+            say(f"the City OS goes down for {CITY_OUTAGE_S:g} s; the agent keeps every update for it")
+            await city.server.down()
+            await asyncio.sleep(CITY_OUTAGE_S)
+            await city.server.up()
             spent = time.monotonic() - started_commands + min(3.0, seconds / 2)
             await asyncio.sleep(max(0.0, seconds - spent))
             stop_node.set()
@@ -365,11 +388,20 @@ async def _with_agent(
             return await _stored(registry) + sum(agent.metrics.readings_rejected.values()) >= expected
 
         await _wait_until(all_stored, DRAIN_SECONDS)
+
+        async def city_caught_up() -> bool:
+            return (await registry.northbound_depth()).pending == 0
+
+        await _wait_until(city_caught_up, DRAIN_SECONDS)
+        await asyncio.sleep(2.5)  # one more crowd-count flush
         listing = await _api(manager, "GET", "/v1/devices", limit=100)
         node_latest = await _api(manager, "GET", f"/v1/devices/{NODE_ID}/latest")
         node_stats.latest = {item["quantity"]: item["value"] for item in node_latest["items"]}
         gateway = await _api(manager, "GET", f"/v1/gateways/{GATEWAY_ID}")
-    return await _summary(agent, gw, stats, node_stats, checks, seconds, listing["items"], gateway, commands)
+    city_summary = await _city_summary(agent, city.broker, checks, [t["id"] for t in ble_tags])
+    summary = await _summary(agent, gw, stats, node_stats, checks, seconds, listing["items"], gateway, commands)
+    summary["city_os"] = city_summary
+    return summary
 
 
 async def _command(client: ApiClient, device: str, name: str, params: dict[str, Any], key: str) -> dict[str, Any]:
@@ -411,6 +443,39 @@ async def _actuation(
          "history": [step["state"] for step in d["history"] or []]}
         for d in done
     ]  # fmt: skip
+
+
+@dataclass
+class CityOs:
+    """The demo's City OS: an NGSI-LD broker stand-in (hw/cityos) and its server."""
+
+    broker: NgsiLdBroker
+    server: StandInServer
+
+
+async def _city_summary(
+    agent: AgentService, city: NgsiLdBroker, checks: list[Check], tag_ids: list[str]
+) -> dict[str, Any]:
+    """What the City OS holds: entities by type, one water observation, and the northbound's outcome."""
+    entities = city.entities(CITY_TENANT)
+    by_type: dict[str, int] = {}
+    for entity in entities.values():
+        by_type[str(entity["type"])] = by_type.get(str(entity["type"]), 0) + 1
+    depth = await agent.registry.northbound_depth()
+    expected = {"Device", "WaterObserved", "FloodMonitoring", "WaterConsumptionObserved", "ACMeasurement",
+                "CrowdFlowObserved"}  # fmt: skip
+    missing = sorted(expected - set(by_type))
+    checks.append(Check("City OS received entities for every device kind", not missing,
+                        ", ".join(f"{t} {n}" for t, n in sorted(by_type.items())) if not missing
+                        else f"missing: {', '.join(missing)}"))  # fmt: skip
+    outcome = f"{len(city.updates)} updates accepted, {depth.pending} waiting, {depth.dead} refused"
+    checks.append(Check("nothing lost for the City OS across its outage", depth.pending == depth.dead == 0, outcome))
+    leaked = [tag for tag in tag_ids if any(tag in str(entity) for entity in entities.values())]
+    checks.append(Check("watch tags reach the City OS only as counts per zone and hour", not leaked,
+                        f"{by_type.get('CrowdFlowObserved', 0)} zone-hour counts, no tag id"
+                        if not leaked else f"leaked: {leaked}"))  # fmt: skip
+    water = entities.get(f"urn:ngsi-ld:WaterObserved:{NODE_ID}")
+    return {"entities_by_type": by_type, "updates": len(city.updates), "example": water}
 
 
 async def _stored(registry: Registry) -> int:
@@ -509,6 +574,11 @@ def _print_human(summary: dict[str, Any]) -> None:
     ui.print_table(rows, ["check", "result", "detail"])
     click.echo("")
     ui.print_table([{"device": d, **v} for d, v in summary["devices"].items()], ["device", "kind", "state"])
+    click.echo("")
+    city = summary["city_os"]
+    click.echo("City OS (NGSI-LD): " + ", ".join(f"{t} {n}" for t, n in sorted(city["entities_by_type"].items())))
+    if city["example"]:
+        click.echo(orjson.dumps(city["example"], option=orjson.OPT_INDENT_2).decode())
     click.echo("")
     node = summary["node"]
     latest = ", ".join(f"{quantity} {value}" for quantity, value in sorted(node["latest"].items()))

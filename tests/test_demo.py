@@ -34,7 +34,11 @@ def test_demo_runs_headless_enrolls_stores_every_reading_once_and_round_trips_th
         "command flood_mode on wl-0201 succeeded",
         "command close on wm-0001 succeeded",
         "closing the valve waited for a second person",
+        "City OS received entities for every device kind",
+        "nothing lost for the City OS across its outage",
+        "watch tags reach the City OS only as counts per zone and hour",
     } <= passed
+    assert summary["city_os"]["example"]["type"] == "WaterObserved"
     assert [c["history"][-1] for c in summary["commands"]] == ["succeeded"] * 3
     node = summary["node"]
     assert node["firmware"] == "MicroPython unix port"
