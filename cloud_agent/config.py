@@ -129,6 +129,25 @@ class NorthboundSection(_Strict):
         return value
 
 
+class ContextSourceSection(_Strict):
+    broker_url: str = Field(description="the City OS NGSI-LD broker to register with (base URL)")
+    endpoint: str = Field(description="this agent's public HTTPS base URL, which the broker forwards queries to")
+    mode: Literal["inclusive", "redirect", "auxiliary"] = "inclusive"
+    tenant: str | None = None
+    agent_token_file: Path | None = Field(
+        default=None, description="a city-os API token the broker sends back to the agent (kept in a file)"
+    )
+    ca_file: Path | None = Field(default=None, description="trust bundle for the broker's HTTPS certificate")
+    retry_s: float = Field(default=60.0, ge=1.0, le=86_400.0, description="pause before trying to register again")
+
+    @field_validator("broker_url", "endpoint")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
+
+
 class ApiSection(_Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -153,6 +172,7 @@ class AgentConfig(_Strict):
     presence: PresenceSection = Field(default_factory=PresenceSection)
     commands: CommandsSection = Field(default_factory=CommandsSection)
     northbound: NorthboundSection | None = None
+    context_source: ContextSourceSection | None = None
     api: ApiSection = Field(default_factory=ApiSection)
     pki: PkiSection = Field(default_factory=PkiSection)
     retention: RetentionSection = Field(default_factory=RetentionSection)
@@ -165,6 +185,7 @@ def _resolve(base: Path, doc: dict[str, Any]) -> None:
         ("api", ("certfile", "keyfile")),
         ("pki", ("dir",)),
         ("northbound", ("ca_file", "client_secret_file", "pseudonym_secret_file")),
+        ("context_source", ("agent_token_file", "ca_file")),
     ):
         part = doc.get(section)
         if isinstance(part, dict):

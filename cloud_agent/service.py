@@ -12,7 +12,9 @@ One asyncio TaskGroup runs every part until SIGTERM/SIGINT (or ``stop``):
   resends unacknowledged ones and expires overdue ones; the CRL publisher keeps the CRL fresh and on the gateways;
 - the retention loop purges history past its retention;
 - with ``[northbound]``, the pusher feeds the City OS from the registry's northbound outbox (every stored message,
-  queued in its ingest transaction) as Smart Data Models entities over NGSI-LD or NGSI v2;
+  queued in its ingest transaction) as Smart Data Models entities over NGSI-LD or NGSI v2; with
+  ``[context_source]`` it registers itself with the City OS broker as a context source (re-registering every
+  ``retry_s`` so the served types stay current) and removes the registration when it stops;
 - the HTTPS API (``[api]``) serves the registry to asset managers, the CLI and the City OS.
 
 On stop the batch in hand is finished (stored and acknowledged), then everything closes.
@@ -33,6 +35,7 @@ from cloud_agent.config import AgentConfig
 from cloud_agent.fleet_actions import CrlPublisher, CurrentLink, FleetActions
 from cloud_agent.ingest import TRANSIENT_ERRORS, Delivery, UplinkIngest
 from cloud_agent.metrics import AgentMetrics
+from cloud_agent.northbound.csource_task import run_registration
 from cloud_agent.northbound.pusher import Pusher
 from cloud_agent.northbound.setup import build_pusher
 from cloud_agent.pki.authority import CertificateAuthority
@@ -265,6 +268,8 @@ class AgentService:
                 tg.create_task(self.run_api())
             if self.pusher is not None:
                 tg.create_task(self.pusher.run(self.stop))
+            if self.config.context_source is not None:
+                tg.create_task(run_registration(self.config.context_source, self.registry, self.stop))
             if on_started is not None:
                 on_started(self)
             await self.stop.wait()

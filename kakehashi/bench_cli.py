@@ -15,6 +15,7 @@ BENCHMARKS = {
     "ble": "BLE advertisements parsed and aggregated per second on one core",
     "agent": "readings/s ingested per cloud agent process, p99 publish-to-stored latency, loss, duplicates",
     "actuation": "command round trip API → agent → gateway → Modbus write → succeeded, p50/p99",
+    "northbound": "entity updates/s from the agent to a City OS (NGSI-LD and NGSI v2 stand-ins), latency, loss",
     "node": "MicroPython heap (gc.mem_alloc peak) of the edge node's report cycle on the unix port",
 }
 

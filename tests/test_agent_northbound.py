@@ -108,3 +108,21 @@ def _drained(registry: Registry):  # type: ignore[no-untyped-def]
         return (await registry.northbound_depth()).pending == 0
 
     return check
+
+
+async def test_the_agent_registers_as_a_context_source_and_removes_the_registration_when_it_stops(
+    fleet: Fleet, broker: RunningBroker, registry: Registry, tmp_path: Path
+) -> None:
+    city = NgsiLdBroker(allowed_contexts=set(CONTEXTS.values()))
+    async with StandInServer(city.app()) as server:
+        config = agent_config(
+            fleet, broker.endpoint, f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}", tmp_path / "agent",
+            context_source={"broker_url": server.url, "endpoint": "https://agent.kakogawa.example:8443"},
+        )  # fmt: skip
+        async with running_agent(config):
+            await wait_for(lambda: bool(city.registrations), what="a context-source registration")
+            (registration,) = city.registrations.values()
+            assert registration["endpoint"] == "https://agent.kakogawa.example:8443"
+            served = {info["entities"][0]["type"] for info in registration["information"]}
+            assert "Device" in served  # more types join as readings arrive (it registers again every retry_s)
+        assert city.registrations == {}, "removed when the agent stopped"
