@@ -313,6 +313,7 @@ async def _with_agent(
     with ApiClient(url, admin_secret, ca=ca.trust_bundle_path) as admin:
         await _api(admin, "POST", "/v1/organisations", {"id": ORG, "name": "Kakogawa City"})
         created = await _api(admin, "POST", "/v1/api-tokens", {"name": MANAGER, "role": "asset-manager"})
+        city_os_token = (await _api(admin, "POST", "/v1/api-tokens", {"name": "city-os", "role": "city-os"}))["token"]
     with ApiClient(url, created["token"], ca=ca.trust_bundle_path) as manager:
         say(f"asset manager {MANAGER}: registers the gateway, imports the devices from CSV, makes an enrollment token")
         gateway_doc = {"id": GATEWAY_ID, "organisation": ORG, "location": GATEWAY_LOCATION, "labels": {"zone": ZONE}}
@@ -399,6 +400,13 @@ async def _with_agent(
         node_stats.latest = {item["quantity"]: item["value"] for item in node_latest["items"]}
         gateway = await _api(manager, "GET", f"/v1/gateways/{GATEWAY_ID}")
     city_summary = await _city_summary(agent, city.broker, checks, [t["id"] for t in ble_tags])
+    with ApiClient(url, city_os_token, ca=ca.trust_bundle_path) as city_os:  # the City OS queries the agent directly
+        found = await _api(city_os, "GET", "/ngsi-ld/v1/entities", type="WaterObserved", q="height>0")
+    heights = {str(e["id"]): e["height"]["value"] for e in found if isinstance(e, dict) and "height" in e}
+    checks.append(Check("context-source API answers the City OS's query", bool(heights),
+                        "GET /ngsi-ld/v1/entities?type=WaterObserved&q=height>0: "
+                        + ", ".join(f"{i.rsplit(':', 1)[-1]} {v} m" for i, v in sorted(heights.items()))))  # fmt: skip
+    city_summary["context_source_query"] = heights
     summary = await _summary(agent, gw, stats, node_stats, checks, seconds, listing["items"], gateway, commands)
     summary["city_os"] = city_summary
     return summary

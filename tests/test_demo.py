@@ -37,6 +37,7 @@ def test_demo_runs_headless_enrolls_stores_every_reading_once_and_round_trips_th
         "City OS received entities for every device kind",
         "nothing lost for the City OS across its outage",
         "watch tags reach the City OS only as counts per zone and hour",
+        "context-source API answers the City OS's query",
     } <= passed
     assert summary["city_os"]["example"]["type"] == "WaterObserved"
     assert [c["history"][-1] for c in summary["commands"]] == ["succeeded"] * 3
