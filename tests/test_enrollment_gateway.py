@@ -12,7 +12,6 @@ import aiomqtt
 import httpx
 import pytest
 
-from cloud_agent.api.server import serve_api
 from cloud_agent.pki.authority import CertificateAuthority
 from cloud_agent.runtime import AgentRuntime
 from device_registry import Registry, State
@@ -23,8 +22,8 @@ from gateway.enrollment import (
     identity_paths,
     renew_gateway,
 )
-from kakehashi import keys
 from kakehashi.mqtt import TlsIdentity, make_client
+from tests.cli_support import enrollment_api
 from tests.conftest import Fleet
 from tests.fleet import RunningBroker, free_port
 from tests.test_enrollment import NoActions, make_app
@@ -43,37 +42,8 @@ async def registry(tmp_path: Path) -> AsyncIterator[Registry]:
 @pytest.fixture
 async def agent_url(fleet: Fleet, registry: Registry, tmp_path: Path) -> AsyncIterator[str]:
     """The enrollment routes served over HTTPS with a server certificate from the fleet CA."""
-    key = keys.generate_private_key()
-    key_path = tmp_path / "api.key"
-    keys.write_private_key(key_path, key)
-    record = fleet.ca.issue_server(keys.make_csr(key, "agent-api"), "agent-api", ["127.0.0.1"])
-    stop, ready = asyncio.Event(), asyncio.Event()
-    port = free_port()
-    app = make_app(AgentRuntime(registry, NoActions(), fleet.ca))
-    task = asyncio.create_task(
-        serve_api(
-            app,
-            host="127.0.0.1",
-            port=port,
-            certfile=record.certificate_path,
-            keyfile=key_path,
-            stop=stop,
-            ready=ready,
-        )
-    )
-    try:
-        waiting = asyncio.create_task(ready.wait())
-        await asyncio.wait({task, waiting}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await waiting
-        if task.done():
-            task.result()
-        assert ready.is_set(), "the API did not start within 10 s"
-        yield f"https://127.0.0.1:{port}"
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
+    async with enrollment_api(fleet, registry, tmp_path) as url:
+        yield url
 
 
 async def wait_for_reload(broker: RunningBroker, before: int) -> None:

@@ -8,16 +8,13 @@ import asyncio
 import contextlib
 import importlib.util
 import json
-import logging
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,9 +28,9 @@ from gateway.outbox import Outbox
 from gateway.sources.base import SourceHealth
 from gateway.sources.nodes import BoundNode, NodesSource, NodesSourceConfig
 from hw.node import FAKES_DIR
-from kakehashi import log as khlog
 from kakehashi import wire
-from kakehashi.cli import main
+from tests.cli_support import Cli
+from tests.cli_support import cli_fixture as cli_fixture
 from tests.conftest import Fleet
 from tests.edge_support import MICROPYTHON, MipIndex, serving, umqtt_sources
 from tests.fleet import RunningBroker, start_broker
@@ -49,45 +46,6 @@ SETTINGS = {
     "timeout_s": 5,
     "wifi_wait_ms": 100,
 }
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def error_line(self) -> str:
-        assert self.code == 2, (self.code, self.out, self.err)
-        lines = [line for line in self.err.strip().splitlines() if not line.startswith(("... ", "{"))]
-        assert len(lines) == 1, self.err
-        assert lines[0].startswith("error: ")
-        return lines[0]
-
-
-Cli = Callable[..., Awaitable[Result]]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    def invoke(args: list[str]) -> Result:
-        for handler in logging.getLogger().handlers:  # JSON logs go to this test's captured stderr
-            if isinstance(handler, logging.StreamHandler) and isinstance(handler.formatter, khlog.JsonFormatter):
-                handler.stream = sys.stderr
-        try:
-            main(args)
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    async def run(*args: str | Path) -> Result:
-        capsys.readouterr()
-        return await asyncio.to_thread(invoke, [str(a) for a in args])
-
-    return run
 
 
 @pytest.fixture(scope="module")

@@ -3,71 +3,21 @@ provisioned gateway then passes ``kakehashi gateway selftest`` against a real Mo
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import logging
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from cloud_agent.api.server import serve_api
-from cloud_agent.runtime import AgentRuntime
 from device_registry import Registry, State
 from gateway.config import load_config
-from kakehashi import keys
-from kakehashi import log as khlog
-from kakehashi.cli import main
+from tests.cli_support import Cli, enrollment_api
+from tests.cli_support import cli_fixture as cli_fixture
 from tests.conftest import Fleet
-from tests.fleet import RunningBroker, free_port
-from tests.test_enrollment import NoActions, make_app
+from tests.fleet import RunningBroker
 from tests.test_enrollment_gateway import wait_for_reload
 
 GW = "gw-prov-0001"
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def error_line(self) -> str:
-        assert self.code == 2, (self.code, self.out, self.err)
-        lines = [line for line in self.err.strip().splitlines() if not line.startswith(("... ", "{"))]
-        assert len(lines) == 1, self.err
-        assert lines[0].startswith("error: ")
-        return lines[0]
-
-
-Cli = Callable[..., Awaitable[Result]]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Cli:
-    """Run ``kakehashi <args>`` in a worker thread (it runs its own event loop) and capture its output."""
-
-    def invoke(args: list[str]) -> Result:
-        for handler in logging.getLogger().handlers:  # JSON logs go to this test's captured stderr
-            if isinstance(handler, logging.StreamHandler) and isinstance(handler.formatter, khlog.JsonFormatter):
-                handler.stream = sys.stderr
-        try:
-            main(args)
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    async def run(*args: str | Path) -> Result:
-        capsys.readouterr()
-        return await asyncio.to_thread(invoke, [str(a) for a in args])
-
-    return run
 
 
 @pytest.fixture
@@ -81,36 +31,8 @@ async def registry(tmp_path: Path) -> AsyncIterator[Registry]:
 @pytest.fixture
 async def agent_url(fleet: Fleet, registry: Registry, tmp_path: Path) -> AsyncIterator[str]:
     """The enrollment API served over HTTPS with a server certificate from the fleet CA."""
-    key = keys.generate_private_key()
-    keys.write_private_key(tmp_path / "api.key", key)
-    record = fleet.ca.issue_server(keys.make_csr(key, "agent-api"), "agent-api", ["127.0.0.1"])
-    stop, ready = asyncio.Event(), asyncio.Event()
-    port = free_port()
-    app = make_app(AgentRuntime(registry, NoActions(), fleet.ca))
-    task = asyncio.create_task(
-        serve_api(
-            app,
-            host="127.0.0.1",
-            port=port,
-            certfile=record.certificate_path,
-            keyfile=tmp_path / "api.key",
-            stop=stop,
-            ready=ready,
-        )
-    )
-    try:
-        waiting = asyncio.create_task(ready.wait())
-        await asyncio.wait({task, waiting}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await waiting
-        if task.done():
-            task.result()
-        assert ready.is_set(), "the API did not start within 10 s"
-        yield f"https://127.0.0.1:{port}"
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
+    async with enrollment_api(fleet, registry, tmp_path) as url:
+        yield url
 
 
 def provision_args(agent_url: str, fleet: Fleet, root: Path, token: str, *extra: str) -> list[str | Path]:
