@@ -18,12 +18,12 @@ is skipped: its commands stay queued ("pending until" their deadline) and go out
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from cloud_agent.ingest import TRANSIENT_ERRORS
 from cloud_agent.metrics import AgentMetrics
 from cloud_agent.twin_delivery import Publisher
+from cloud_agent.waiting import until_set
 from device_registry import Registry, RegistryError
 from device_registry.models import Command, CommandState
 from kakehashi import wire
@@ -175,13 +175,4 @@ class CommandDispatch:
             except _DEFERRABLE as exc:
                 self._due |= due  # after the pause
                 log.warning("command_dispatch_deferred", gateways=sorted(due)[:20], error=str(exc)[:200])
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wait(stop), timeout=1.0 if self._due else self._sweep_s)
-
-    async def _wait(self, stop: asyncio.Event) -> None:
-        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+            await until_set(self._wake, stop, within=1.0 if self._due else self._sweep_s)

@@ -10,7 +10,6 @@ publishes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -20,6 +19,7 @@ from cloud_agent.metrics import AgentMetrics
 from cloud_agent.pki.authority import CertificateAuthority
 from cloud_agent.pki.errors import PkiError
 from cloud_agent.twin_delivery import TwinDelivery
+from cloud_agent.waiting import until_set
 from device_registry import Registry, RegistryError, State
 from kakehashi import wire
 from kakehashi.log import get_logger
@@ -79,8 +79,7 @@ class CrlPublisher:
     async def run(self, stop: asyncio.Event, *, refresh_check_s: float = 600.0) -> None:
         """Publish when told, and check every ``refresh_check_s`` that the CRL is not about to go stale."""
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_first(self._wake, stop), timeout=refresh_check_s)
+            await until_set(self._wake, stop, within=refresh_check_s)
             if stop.is_set():
                 return
             try:
@@ -92,17 +91,7 @@ class CrlPublisher:
             except _DEFERRABLE as exc:
                 self._wake.set()
                 log.warning("crl_publish_deferred", error=str(exc)[:200])
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=2.0)
-
-
-async def _first(wake: asyncio.Event, stop: asyncio.Event) -> None:
-    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
+                await until_set(stop, within=2.0)
 
 
 class FleetActions:

@@ -41,6 +41,7 @@ from cloud_agent.northbound.setup import build_pusher
 from cloud_agent.pki.authority import CertificateAuthority
 from cloud_agent.runtime import AgentRuntime
 from cloud_agent.twin_delivery import TwinDelivery
+from cloud_agent.waiting import until_set
 from device_registry import Registry, RegistryError
 from kakehashi import wire
 from kakehashi.backoff import Backoff
@@ -52,11 +53,6 @@ from kakehashi.mqtt_link import Received as MqttMessage
 log = get_logger(__name__)
 
 _HOUSEKEEPING_ERRORS: tuple[type[BaseException], ...] = (RegistryError, *TRANSIENT_ERRORS)
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 async def _next_batch(link: MqttLink, stop: asyncio.Event, size: int, wait_s: float) -> list[MqttMessage] | None:
@@ -194,7 +190,7 @@ class AgentService:
                 self.metrics.broker_losses += 1
                 delay = backoff.next()
                 log.warning("broker_unavailable", error=exc.message, retry_in_s=round(delay, 2))
-                await _sleep_or_stop(self.stop, delay)
+                await until_set(self.stop, within=delay)
             finally:
                 self.link.link = None
                 self.connected.clear()
@@ -214,7 +210,7 @@ class AgentService:
     async def run_presence_watchdog(self) -> None:
         settings = self.config.presence
         while not self.stop.is_set():
-            await _sleep_or_stop(self.stop, settings.check_interval_s)
+            await until_set(self.stop, within=settings.check_interval_s)
             if self.stop.is_set():
                 return
             try:
@@ -236,7 +232,7 @@ class AgentService:
                     )
             except _HOUSEKEEPING_ERRORS as exc:
                 log.warning("retention_failed", error=str(exc)[:200])
-            await _sleep_or_stop(self.stop, self.config.retention.purge_interval_s)
+            await until_set(self.stop, within=self.config.retention.purge_interval_s)
 
     async def run_api(self) -> None:
         from cloud_agent.api.app import create_app

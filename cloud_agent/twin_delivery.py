@@ -11,12 +11,12 @@ applied and re-reports its state.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Protocol
 
 from cloud_agent.ingest import TRANSIENT_ERRORS
 from cloud_agent.metrics import AgentMetrics
+from cloud_agent.waiting import until_set
 from device_registry import Registry, RegistryError
 from kakehashi import wire
 from kakehashi.log import get_logger
@@ -111,13 +111,4 @@ class TwinDelivery:
                     self.notify(gateway_id, force=force)
                 self._wake.clear()
                 log.warning("desired_delivery_deferred", gateways=sorted(due)[:20], error=str(exc)[:200])
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wait(stop), timeout=1.0 if self._due else self._resend_after_s)
-
-    async def _wait(self, stop: asyncio.Event) -> None:
-        waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())]
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+            await until_set(self._wake, stop, within=1.0 if self._due else self._resend_after_s)

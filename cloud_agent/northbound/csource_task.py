@@ -4,7 +4,6 @@ keep it current, and remove it when the agent stops."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING
 
 import httpx
@@ -13,6 +12,7 @@ from cloud_agent.northbound.context_source_entities import EntitySource
 from cloud_agent.northbound.ngsi_clients import tls_verify
 from cloud_agent.northbound.oauth import read_secret
 from cloud_agent.northbound.registration import Registrar, RegistrationConfig, RegistrationError, served_information
+from cloud_agent.waiting import until_set
 from device_registry import Registry, RegistryError
 from kakehashi.log import get_logger
 
@@ -47,8 +47,7 @@ async def run_registration(settings: ContextSourceSection, registry: Registry, s
                              types=[entry["entities"][0]["type"] for entry in information])  # fmt: skip
             except (RegistrationError, RegistryError, httpx.HTTPError, OSError) as exc:
                 log.warning("context_source_registration_failed", broker=settings.broker_url, error=str(exc)[:300])
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), settings.retry_s)
+            await until_set(stop, within=settings.retry_s)
         if registered:
             try:
                 await asyncio.wait_for(registrar.deregister(), DEREGISTER_WITHIN_S)
