@@ -18,13 +18,12 @@ broker and the database; everything else has a default fit for one city::
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from kakehashi.config_errors import config_error
+from kakehashi.config_errors import config_error, read_toml
 from kakehashi.errors import ConfigError
 from kakehashi.fields import Identifier
 from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
@@ -223,14 +222,5 @@ def parse_config(doc: dict[str, Any], path: Path) -> AgentConfig:
 
 def load_config(path: Path) -> AgentConfig:
     """Read and validate ``agent.toml``; raises :class:`ConfigError` with one clear line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"no config file at {path}: pass --config with the path of agent.toml") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML ({exc}): fix the syntax at that line") from None
+    doc = read_toml(path, "agent.toml")
     return parse_config(doc, path.resolve())

@@ -6,7 +6,6 @@ this module composes them.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,7 @@ from gateway.sources.lpwa import LpwaSourceConfig
 from gateway.sources.modbus import ModbusSourceConfig
 from gateway.sources.nodes import NodesSourceConfig
 from gateway.sources.synthetic import SyntheticSourceConfig
-from kakehashi.config_errors import config_error
-from kakehashi.errors import ConfigError
+from kakehashi.config_errors import config_error, read_toml
 from kakehashi.fields import Identifier
 from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
 
@@ -114,14 +112,5 @@ def parse_config(doc: dict[str, Any], path: Path) -> GatewayConfig:
 
 def load_config(path: Path) -> GatewayConfig:
     """Read and validate ``gateway.toml``; raises :class:`ConfigError` with one clear line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"no config file at {path}: pass --config with the path of gateway.toml") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML ({exc}): fix the syntax at that line") from None
+    doc = read_toml(path, "gateway.toml")
     return parse_config(doc, path.resolve())
