@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,14 +23,13 @@ from typing import Any
 
 import httpx
 
-from bench.harness import BenchFleet, enroll, free_port
+from bench.harness import BenchFleet, enroll, free_port, spawn_kakehashi, terminate, until
 from cloud_agent.pki.authority import CertificateAuthority
 from device_registry import Registry
 from hw.modbus.simulator import ModbusSimulator
 from kakehashi import keys
 from kakehashi.identity import Role
 
-KAKEHASHI = (sys.executable, "-m", "kakehashi", "--log-level", "INFO")
 ORG = "bench-city"
 GATEWAY = "gw-act-0001"
 GAUGE = "wl-0101"
@@ -67,33 +64,6 @@ def _server_identity(ca: CertificateAuthority, directory: Path) -> tuple[Path, P
     keys.write_private_key(directory / "api.key", key)
     keys.write_public_file(directory / "api.crt", record.certificate_path.read_bytes())
     return directory / "api.crt", directory / "api.key"
-
-
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as sink:
-        return subprocess.Popen([*KAKEHASHI, *args], stdout=sink, stderr=subprocess.STDOUT)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-async def _until(predicate: Callable[[], Any], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"benchmark: timed out after {seconds} s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def run_async(commands: int, progress: Progress) -> dict[str, Any]:
@@ -163,13 +133,15 @@ poll_interval_s = 1.0
 """
                 )
                 progress("starting the agent and the gateway as their own processes")
-                agent = _spawn(["agent", "run", "--config", str(root / "agent.toml")], root / "agent.log")
-                gateway = _spawn(["gateway", "run", "--config", str(root / "gateway.toml")], root / "gateway.log")
+                agent = spawn_kakehashi(["agent", "run", "--config", str(root / "agent.toml")], root / "agent.log")
+                gateway = spawn_kakehashi(
+                    ["gateway", "run", "--config", str(root / "gateway.toml")], root / "gateway.log"
+                )
                 try:
                     return await _measure(root, api_port, token, fleet.ca.trust_bundle_path, commands, progress)
                 finally:
-                    _stop(gateway)
-                    _stop(agent)
+                    terminate(gateway)
+                    terminate(agent)
         finally:
             await BenchFleet.stop_broker(broker)
 
@@ -188,7 +160,7 @@ async def _measure(
                 return bool((doc.get("presence") or {}).get("online"))
             return False
 
-        await _until(gateway_online, 60, f"gateway {GATEWAY} online (logs in {root})")
+        await until(gateway_online, 60, f"gateway {GATEWAY} online (logs in {root})")
         progress(f"{commands} commands, one after the other: set_mode flood/normal on {GAUGE}")
         latencies: list[float] = []
         stages: dict[str, list[float]] = {}

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,7 +33,17 @@ from typing import Any
 import orjson
 import sqlalchemy as sa
 
-from bench.harness import BenchBroker, BenchFleet, enroll, free_port, peak_rss_mb, pin
+from bench.harness import (
+    BenchBroker,
+    BenchFleet,
+    enroll,
+    free_port,
+    peak_rss_mb,
+    pin,
+    spawn_kakehashi,
+    terminate,
+    until,
+)
 from bench.pg_cluster import PostgresCluster
 from cloud_agent.pki.authority import CertificateAuthority
 from device_registry import Registry
@@ -46,7 +55,6 @@ from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
 from kakehashi.mqtt_link import MqttLink
 
 ORG = "bench-city"
-KAKEHASHI = (sys.executable, "-m", "kakehashi")
 DEVICES_PER_GATEWAY = 10
 READINGS_PER_MESSAGE = 50
 REPLAY_FRACTION = 0.02
@@ -110,22 +118,7 @@ class AgentProcess:
         self.rss_mb: float | None = None
 
     def start(self) -> None:
-        with self.log.open("wb") as sink:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "kakehashi",
-                    "--log-level",
-                    "INFO",
-                    "agent",
-                    "run",
-                    "--config",
-                    str(self.config),
-                ],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
+        self.process = spawn_kakehashi(["agent", "run", "--config", str(self.config)], self.log)
         pin(self.process.pid, self.index % (os.cpu_count() or 1))
 
     def _events(self) -> list[dict[str, Any]]:
@@ -144,12 +137,7 @@ class AgentProcess:
         """SIGTERM, wait, and return the metrics the agent logged on its way out."""
         assert self.process is not None
         self.rss_mb = peak_rss_mb(self.process.pid)
-        self.process.terminate()
-        try:
-            code = self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
+        code = terminate(self.process, within=60)
         if code != 0:
             raise RuntimeError(f"{self.name} exited with {code}: {self.log.read_text(errors='replace')[-2000:]}")
         for event in reversed(self._events()):
@@ -157,14 +145,6 @@ class AgentProcess:
                 metrics = event.get("metrics")
                 return metrics if isinstance(metrics, dict) else {}
         raise RuntimeError(f"{self.name} logged no metrics: {self.log.read_text(errors='replace')[-2000:]}")
-
-
-async def _wait(predicate: Callable[[], Any], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"benchmark: timed out after {seconds} s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def _count(registry: Registry) -> tuple[int, int]:
@@ -294,7 +274,7 @@ async def _start(procs: list[AgentProcess]) -> None:
     async def all_connected() -> bool:
         return all(proc.connected() for proc in procs)
 
-    await _wait(all_connected, 60, "the agents to connect")
+    await until(all_connected, 60, "the agents to connect")
 
 
 async def _measure(
@@ -325,15 +305,15 @@ async def _measure(
             marks[name] = (time.monotonic(), count)
         return count >= threshold
 
-    await _wait(lambda: passed("low", low), 120, "5 % of the backlog stored")
-    await _wait(lambda: passed("high", high), 600, "95 % of the backlog stored")
+    await until(lambda: passed("low", low), 120, "5 % of the backlog stored")
+    await until(lambda: passed("high", high), 600, "95 % of the backlog stored")
     (t0, c0), (t1, c1) = marks["low"], marks["high"]
     throughput = (c1 - c0) * READINGS_PER_MESSAGE / (t1 - t0) if t1 > t0 else 0.0
 
     async def drained() -> bool:
         return (await _count(registry))[0] >= setup.published
 
-    await _wait(drained, 600, "the backlog to be stored")
+    await until(drained, 600, "the backlog to be stored")
     drain_metrics = [proc.stop() for proc in procs]
     rss = max((proc.rss_mb or 0.0) for proc in procs)
 
@@ -342,7 +322,7 @@ async def _measure(
     progress(f"latency at half load: {rate:.0f} messages/s for {latency_s:.0f} s")
     await _start(procs)
     await _publish(setup, latency_messages, rate=rate)
-    await _wait(drained, 120, "the half-load messages to be stored")
+    await until(drained, 120, "the half-load messages to be stored")
     latency_metrics = [proc.stop() for proc in procs]
 
     stored_messages, rows = await _count(registry)

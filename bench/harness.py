@@ -6,16 +6,53 @@ import asyncio
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cloud_agent.pki.authority import CertificateAuthority
 from kakehashi import keys
 from kakehashi.broker.runner import run_broker
 from kakehashi.identity import Role
 from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
+
+KAKEHASHI = (sys.executable, "-m", "kakehashi", "--log-level", "INFO")
+"""The CLI as a child process, with the INFO logs benchmarks read back."""
+
+
+def spawn_kakehashi(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start ``kakehashi <args>`` with stdout and stderr in ``log``."""
+    with log.open("wb") as sink:
+        return subprocess.Popen([*KAKEHASHI, *args], stdout=sink, stderr=subprocess.STDOUT)
+
+
+def terminate(process: subprocess.Popen[bytes], within: float = 30.0) -> int:
+    """SIGTERM, then SIGKILL if it is still there after ``within`` seconds; returns the exit code."""
+    process.terminate()
+    try:
+        return process.wait(within)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+async def until(predicate: Callable[[], Any], seconds: float, what: str, *, every: float = 0.1) -> None:
+    """Poll ``predicate`` (plain or async) until it is true; raise saying ``what`` after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"benchmark: timed out after {seconds} s waiting for {what}")
+        await asyncio.sleep(every)
 
 
 def free_port() -> int:

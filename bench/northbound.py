@@ -18,15 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.harness import BenchFleet, enroll, free_port
+from bench.harness import BenchFleet, enroll, free_port, spawn_kakehashi, terminate, until
 from cloud_agent.northbound.mapping import CONTEXTS
 from cloud_agent.pki.authority import CertificateAuthority
 from device_registry import Location, Received, Registry
@@ -36,7 +34,6 @@ from kakehashi.identity import Role
 from kakehashi.mqtt import TlsIdentity
 from kakehashi.mqtt_link import MqttLink
 
-KAKEHASHI = (sys.executable, "-m", "kakehashi", "--log-level", "INFO")
 ORG = "bench-city"
 GATEWAYS = 20
 GAUGES = 10
@@ -172,37 +169,17 @@ max_in_flight = 4
                 stop = asyncio.Event()
                 watcher = Watcher(city.updates, entity_of)
                 watching = asyncio.create_task(watcher.run(stop))
-                agent = _spawn_agent(root)
+                agent = spawn_kakehashi(["agent", "run", "--config", str(root / "agent.toml")], root / "agent.log")
                 try:
                     result = await _measure(kind, city, watcher, expected, names, idents, broker.endpoint,
                                             last_seq, latency_s, progress)  # fmt: skip
                 finally:
-                    agent.terminate()
-                    try:
-                        agent.wait(30)
-                    except subprocess.TimeoutExpired:
-                        agent.kill()
-                        agent.wait()
+                    terminate(agent)
                     stop.set()
                     await watching
                 return result
         finally:
             await BenchFleet.stop_broker(broker)
-
-
-def _spawn_agent(root: Path) -> subprocess.Popen[bytes]:
-    with (root / "agent.log").open("wb") as sink:
-        return subprocess.Popen(
-            [*KAKEHASHI, "agent", "run", "--config", str(root / "agent.toml")], stdout=sink, stderr=sink
-        )
-
-
-async def _until(predicate: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"benchmark: timed out after {seconds} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def _measure(
@@ -226,11 +203,11 @@ async def _measure(
         return name in marks
 
     progress(f"{kind}: draining the backlog to the City OS")
-    await _until(lambda: passed("low", 0.05), 180, "5 % of the backlog at the City OS")
-    await _until(lambda: passed("high", 0.95), 600, "95 % of the backlog at the City OS")
+    await until(lambda: passed("low", 0.05), 180, "5 % of the backlog at the City OS", every=0.01)
+    await until(lambda: passed("high", 0.95), 600, "95 % of the backlog at the City OS", every=0.01)
     (t0, c0), (t1, c1) = marks["low"], marks["high"]
     rate = (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
-    await _until(lambda: len(city.updates) >= expected, 120, "the whole backlog at the City OS")
+    await until(lambda: len(city.updates) >= expected, 120, "the whole backlog at the City OS", every=0.01)
 
     progress(f"{kind}: latency, {len(names) * GAUGES} gauges reporting once a second for {latency_s:g} s")
     published: dict[tuple[str, float], float] = {}
@@ -250,7 +227,9 @@ async def _measure(
                 await asyncio.sleep(1.0)
 
     await asyncio.gather(*(gateway(name) for name in names))
-    await _until(lambda: all(key in watcher.arrivals for key in published), 30, "every sample at the City OS")
+    await until(
+        lambda: all(key in watcher.arrivals for key in published), 30, "every sample at the City OS", every=0.01
+    )
     latencies = sorted((watcher.arrivals[key] - at) * 1000 for key, at in published.items())
     lost = sum(1 for key in published if key not in watcher.arrivals)
     return {
