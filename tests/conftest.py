@@ -7,11 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from cloud_agent.pki.authority import CertificateAuthority
 from kakehashi.identity import Role
 from kakehashi.mqtt import TlsIdentity
 from tests.fleet import RunningBroker, make_identity, start_broker
+
+# Hypothesis' timing checks (a slow draw, an example over 200 ms) say nothing about correctness and fail at random on
+# a busy 2-core CI machine (a 1.6 s stall in one draw was seen); the properties themselves are checked in full.
+settings.register_profile("kakehashi", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("kakehashi")
 
 
 @dataclass
