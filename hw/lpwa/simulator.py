@@ -48,6 +48,8 @@ InitReply = Literal["ok", "error", "none"]
 
 _READY_MARK: Final = b"starting data transfer loop"
 _START_TIMEOUT_S: Final = 5.0
+_START_ATTEMPTS: Final = 3
+_STOP_TIMEOUT_S: Final = 5.0
 _LINE_SPLIT: Final = re.compile(rb"\r\n|\r|\n")
 
 
@@ -206,43 +208,53 @@ class LpwaModuleSimulator:
         elif self.link_path.exists():
             raise SimulatorError(f"{self.link_path} exists and is not a symlink: choose another --link path")
         own_end = self._workdir / "module"
-        try:
-            self._socat = await asyncio.create_subprocess_exec(
-                self._socat_cmd,
-                "-d",
-                "-d",
-                f"pty,raw,echo=0,link={own_end}",
-                f"pty,raw,echo=0,link={self.link_path}",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except FileNotFoundError:
-            raise SimulatorError("socat is not installed: run `sudo apt-get install -y socat`") from None
-        await self._wait_ready(self._socat)
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            try:
+                async with asyncio.timeout(_START_TIMEOUT_S):
+                    self._socat = await asyncio.create_subprocess_exec(
+                        self._socat_cmd,
+                        "-d",
+                        "-d",
+                        f"pty,raw,echo=0,link={own_end}",
+                        f"pty,raw,echo=0,link={self.link_path}",
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=asyncio.subprocess.DEVNULL,
+                        stderr=asyncio.subprocess.PIPE,
+                    )
+                    await self._wait_ready(self._socat)
+                break
+            except FileNotFoundError:
+                raise SimulatorError("socat is not installed: run `sudo apt-get install -y socat`") from None
+            except (TimeoutError, SimulatorError):
+                # a busy machine can leave socat (or the child watcher) unanswered: start it afresh, a few times
+                await self._discard_socat()
+                if attempt == _START_ATTEMPTS:
+                    raise SimulatorError(
+                        f"socat did not start a PTY pair at {self.link_path} in {_START_ATTEMPTS} attempts"
+                    ) from None
         self._fd = os.open(own_end, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
         asyncio.get_running_loop().add_reader(self._fd, self._on_readable)
 
     async def _wait_ready(self, proc: asyncio.subprocess.Process) -> None:
+        """Until socat says its PTY pair is up (the caller bounds the wait); SimulatorError if it exits first."""
         assert proc.stderr is not None
         seen = bytearray()
-        try:
-            async with asyncio.timeout(_START_TIMEOUT_S):
-                while _READY_MARK not in seen:
-                    chunk = await proc.stderr.readline()
-                    if not chunk:
-                        break
-                    seen += chunk
-        except TimeoutError:
-            pass
-        if _READY_MARK not in seen:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            self._socat = None
-            text = seen.decode(errors="replace").strip() or "no output"
-            raise SimulatorError(f"socat did not start a PTY pair at {self.link_path}: {text}")
+        while _READY_MARK not in seen:
+            chunk = await proc.stderr.readline()
+            if not chunk:
+                text = seen.decode(errors="replace").strip() or "no output"
+                raise SimulatorError(f"socat did not start a PTY pair at {self.link_path}: {text}")
+            seen += chunk
         self._stderr_task = asyncio.create_task(self._drain(proc.stderr))
+
+    async def _discard_socat(self) -> None:
+        proc, self._socat = self._socat, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), _STOP_TIMEOUT_S)
 
     @staticmethod
     async def _drain(stream: asyncio.StreamReader) -> None:
@@ -259,10 +271,11 @@ class LpwaModuleSimulator:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
             try:
-                await asyncio.wait_for(proc.wait(), 5.0)
+                await asyncio.wait_for(proc.wait(), _STOP_TIMEOUT_S)
             except TimeoutError:
                 proc.kill()
-                await proc.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), _STOP_TIMEOUT_S)
         if self._stderr_task is not None:
             self._stderr_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
