@@ -64,6 +64,7 @@ from device_registry.models import (
     Twin,
 )
 from device_registry.northbound_methods import NorthboundMethods
+from device_registry.snapshot_methods import SnapshotMethods
 from kakehashi import wire
 from kakehashi.wire import JSONObject
 
@@ -75,7 +76,7 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class Registry(CommandMethods, NorthboundMethods):
+class Registry(CommandMethods, NorthboundMethods, SnapshotMethods):
     """Gateways, devices, lifecycle, certificates, enrollment, twins, commands, readings and audit on one database.
 
     The command methods come from :class:`~device_registry.command_methods.CommandMethods`.
