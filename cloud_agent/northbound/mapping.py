@@ -13,7 +13,10 @@ What goes where (see ``docs/northbound.md`` for the full table):
 * water meters -> ``WaterConsumptionObserved``; energy meters -> ``ACMeasurement`` (single phase) or
   ``ThreePhaseAcMeasurement``;
 * any other reading -> one ``DeviceMeasurement`` per device and quantity (the latest value);
-* watch tags -> nothing here: their sightings go through :mod:`cloud_agent.northbound.privacy`.
+* alarm readings (a node's ``alarm`` code, a gauge's ``flood`` flag) -> also an ``Alert`` each
+  (:mod:`cloud_agent.northbound.alerts`; only messages holding such a quantity are looked at);
+* watch tags -> nothing here: their sightings go through :mod:`cloud_agent.northbound.privacy`, their SOS through
+  :func:`cloud_agent.northbound.alerts.tag_alerts`.
 
 Entity ids (stable, built only from registry ids, which are not personal data; a watch tag's id never appears)::
 
@@ -21,6 +24,7 @@ Entity ids (stable, built only from registry ids, which are not personal data; a
     urn:ngsi-ld:<measurement type>:<device id>          (WaterObserved, FloodMonitoring, WaterConsumptionObserved,
                                                          ACMeasurement, ThreePhaseAcMeasurement)
     urn:ngsi-ld:DeviceMeasurement:<device id>:<quantity>
+    urn:ngsi-ld:Alert:<device id>:<quantity>:<observed epoch ms>   (one per alarm: a re-send is the same upsert)
     urn:ngsi-ld:Organisation:<organisation id>          (the owner of a Device)
 
 Every measured attribute carries ``observedAt`` = the reading's observed time; a reading whose clock is not
@@ -36,6 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
+from cloud_agent.northbound.alerts import ALARM_QUANTITIES, device_alerts
 from cloud_agent.northbound.entities import JSON, Attr, AttrValue, Entity, Kind
 from cloud_agent.northbound.units import UnitError, convert, unit_code
 from device_registry.lifecycle import WATCH_TAG
@@ -70,6 +75,7 @@ CONTEXTS: Final[Mapping[str, str]] = {
     "ACMeasurement": _SDM.format("dataModel.Energy"),
     "ThreePhaseAcMeasurement": _SDM.format("dataModel.Energy"),
     "CrowdFlowObserved": _SDM.format("dataModel.Transportation"),
+    "Alert": _SDM.format("dataModel.Alert"),
 }
 """Entity type -> the Smart Data Models subject @context that defines its attributes."""
 
@@ -562,7 +568,10 @@ def map_readings(
     samples of one quantity: the newest wins). ``presence`` is the gateway's (for a gateway: its own). ``gateway`` (the
     device's) supplies the location when the device has none. ``settings`` is the device's twin document (reported,
     else desired): ``levels`` (threshold levels, any subset of observe/standby/caution/evacuate/danger, metres) and
-    ``firmware_version`` are read from it. A watch tag yields nothing (see :mod:`cloud_agent.northbound.privacy`).
+    ``firmware_version`` are read from it. An alarm reading also yields an ``Alert`` (every sample, not only the
+    newest; an alarm that cannot be one is refused with a reason and still sent as a ``DeviceMeasurement``). A watch
+    tag yields nothing (see :mod:`cloud_agent.northbound.privacy` and :func:`~cloud_agent.northbound.alerts.
+    tag_alerts`).
     """
     family = family_of(device)
     if family is Family.WATCH_TAG:
@@ -593,6 +602,10 @@ def map_readings(
             refused.append(Refusal(device.id, quantity, "not a finite number"))
         else:
             entities.append(_device_measurement(device, reading, location))
+    if not latest.keys().isdisjoint(ALARM_QUANTITIES):  # all a message without alarms costs
+        alerts, problems = device_alerts(device.id, readings, location)
+        entities.extend(alerts)
+        refused.extend(Refusal(device.id, quantity, reason) for quantity, reason in problems)
     return Mapped(tuple(entities), tuple(refused))
 
 
