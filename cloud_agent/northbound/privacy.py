@@ -49,10 +49,15 @@ __all__ = [
     "CrowdAggregator",
     "Pseudonymiser",
     "Sighting",
+    "TagShare",
     "consent_scopes",
     "crowd_entities",
+    "crowd_entity",
     "hour_of",
+    "share_scopes",
     "sightings_from",
+    "tag_entity",
+    "tag_urn",
     "zone_of",
     "zone_urn",
 ]
@@ -70,17 +75,22 @@ def hour_of(t: float) -> int:
     return int(t // HOUR) * HOUR
 
 
-def consent_scopes(tag: Device) -> frozenset[str]:
-    """What a watch tag's consent allows beyond being counted: scopes from its ``share`` label (see module doc)."""
-    if tag.kind != WATCH_TAG or tag.consent is not True or tag.state is not State.ACTIVE:
+def share_scopes(kind: str, consent: bool | None, state: State, share: str | None) -> frozenset[str]:
+    """What a device's consent allows beyond being counted, from its kind, consent, state and ``share`` label."""
+    if kind != WATCH_TAG or consent is not True or state is not State.ACTIVE or not share:
         return frozenset()
-    asked = {part.strip().lower() for part in tag.labels.get(SHARE_LABEL, "").split(",")}
+    asked = {part.strip().lower() for part in share.split(",")}
     scopes = asked & SCOPES
     if "location" in scopes:
         scopes.add("zone")
     if "zone" not in scopes:
         return frozenset()
     return frozenset(scopes)
+
+
+def consent_scopes(tag: Device) -> frozenset[str]:
+    """What a watch tag's consent allows beyond being counted: scopes from its ``share`` label (see module doc)."""
+    return share_scopes(tag.kind, tag.consent, tag.state, tag.labels.get(SHARE_LABEL))
 
 
 def zone_of(gateway_id: str, gateway: Gateway | None) -> str:
@@ -157,12 +167,18 @@ class _Bucket:
 
 
 @dataclass(frozen=True, slots=True)
-class _Shared:
+class TagShare:
+    """What a consented tag shares under its pseudonym: where and when it was last seen (and what its scopes add)."""
+
     zone: str
     observed_at: float
     scopes: frozenset[str]
     location: Location | None
+    """The seeing gateway's position; only with the ``location`` scope."""
     battery: float | None
+    """Battery in %; only with the ``battery`` scope."""
+    battery_at: float | None = None
+    """When the battery was read (default: ``observed_at``)."""
 
 
 def _dt(t: float) -> datetime:
@@ -178,6 +194,46 @@ def _point(location: Location | None) -> dict[str, JSON] | None:
 def zone_urn(zone: str, hour: int) -> str:
     """The ``CrowdFlowObserved`` id of a zone and hour."""
     return f"urn:ngsi-ld:CrowdFlowObserved:{quote(zone, safe='-._~')}:{_dt(hour).strftime('%Y%m%dT%H')}Z"
+
+
+def tag_urn(pseudonym: str) -> str:
+    """The ``Device`` id of a consented tag's pseudonym."""
+    return f"urn:ngsi-ld:Device:tag-{pseudonym}"
+
+
+def crowd_entity(zone: str, start: int, count: int, location: Location | None = None) -> Entity:
+    """The ``CrowdFlowObserved`` of a zone and hour: ``count`` distinct tags; ``location`` is the zone's position."""
+    begin, end = _dt(start), _dt(start + HOUR)
+    attrs: dict[str, Attr] = {
+        "peopleCount": Attr(count, Kind.PROPERTY, float(start)),
+        "dateObserved": Attr(f"{begin.strftime('%Y-%m-%dT%H:%M:%SZ')}/{end.strftime('%Y-%m-%dT%H:%M:%SZ')}"),
+        "dateObservedFrom": Attr(begin),
+        "dateObservedTo": Attr(end),
+        "name": Attr(zone),
+    }
+    point = _point(location)
+    if point is not None:
+        attrs["location"] = Attr(point, Kind.GEO_PROPERTY)
+    return Entity(zone_urn(zone, start), "CrowdFlowObserved", attrs)
+
+
+def tag_entity(pseudonym: str, state: TagShare) -> Entity:
+    """The pseudonymised ``Device`` of a consented tag: only what ``state`` holds (its scopes chose it)."""
+    controlled: list[JSON] = ["location"]
+    category: list[JSON] = ["beacon"]
+    attrs: dict[str, Attr] = {
+        "controlledProperty": Attr(controlled),
+        "deviceCategory": Attr(category),
+        "areaServed": Attr(state.zone, Kind.PROPERTY, state.observed_at),
+        "dateLastValueReported": Attr(_dt(state.observed_at)),
+    }
+    point = _point(state.location)
+    if point is not None:
+        attrs["location"] = Attr(point, Kind.GEO_PROPERTY, state.observed_at)
+    if state.battery is not None:
+        at = state.observed_at if state.battery_at is None else state.battery_at
+        attrs["batteryLevel"] = Attr(state.battery / 100, Kind.PROPERTY, at)
+    return Entity(tag_urn(pseudonym), "Device", attrs)
 
 
 class CrowdAggregator:
@@ -197,7 +253,7 @@ class CrowdAggregator:
         self._min_count = min_count
         self._keep = keep_hours * HOUR
         self._buckets: dict[tuple[str, int], _Bucket] = {}
-        self._shared: dict[str, _Shared] = {}
+        self._shared: dict[str, TagShare] = {}
         self._flushed_to: int | None = None
         self.refused_late = 0
         """Sightings older than the retention window (``keep_hours`` before the last flushed hour)."""
@@ -220,7 +276,7 @@ class CrowdAggregator:
             if seen is None or sighting.observed_at >= seen.observed_at:
                 location = sighting.location if "location" in sighting.scopes else None
                 battery = sighting.battery if "battery" in sighting.scopes else None
-                self._shared[pseudonym] = _Shared(
+                self._shared[pseudonym] = TagShare(
                     sighting.zone, sighting.observed_at, sighting.scopes, location, battery
                 )
         return True
@@ -238,49 +294,17 @@ class CrowdAggregator:
         out: list[Entity] = []
         for (zone, start), bucket in sorted(self._buckets.items()):
             if start <= upto and bucket.dirty and len(bucket.tags) >= self._min_count:
-                out.append(self._crowd(zone, start, bucket))
+                out.append(crowd_entity(zone, start, len(bucket.tags), bucket.location))
                 bucket.dirty = False
         shared = [(p, s) for p, s in self._shared.items() if hour_of(s.observed_at) <= upto]
         for pseudonym, state in sorted(shared):
-            out.append(self._tag(pseudonym, state))
+            out.append(tag_entity(pseudonym, state))
             del self._shared[pseudonym]
         self._flushed_to = upto if self._flushed_to is None else max(self._flushed_to, upto)
         horizon = self._flushed_to - self._keep
         for key in [k for k in self._buckets if k[1] < horizon]:
             del self._buckets[key]
         return out
-
-    @staticmethod
-    def _crowd(zone: str, start: int, bucket: _Bucket) -> Entity:
-        begin, end = _dt(start), _dt(start + HOUR)
-        attrs: dict[str, Attr] = {
-            "peopleCount": Attr(len(bucket.tags), Kind.PROPERTY, float(start)),
-            "dateObserved": Attr(f"{begin.strftime('%Y-%m-%dT%H:%M:%SZ')}/{end.strftime('%Y-%m-%dT%H:%M:%SZ')}"),
-            "dateObservedFrom": Attr(begin),
-            "dateObservedTo": Attr(end),
-            "name": Attr(zone),
-        }
-        point = _point(bucket.location)
-        if point is not None:
-            attrs["location"] = Attr(point, Kind.GEO_PROPERTY)
-        return Entity(zone_urn(zone, start), "CrowdFlowObserved", attrs)
-
-    @staticmethod
-    def _tag(pseudonym: str, state: _Shared) -> Entity:
-        controlled: list[JSON] = ["location"]
-        category: list[JSON] = ["beacon"]
-        attrs: dict[str, Attr] = {
-            "controlledProperty": Attr(controlled),
-            "deviceCategory": Attr(category),
-            "areaServed": Attr(state.zone, Kind.PROPERTY, state.observed_at),
-            "dateLastValueReported": Attr(_dt(state.observed_at)),
-        }
-        point = _point(state.location)
-        if point is not None:
-            attrs["location"] = Attr(point, Kind.GEO_PROPERTY, state.observed_at)
-        if state.battery is not None:
-            attrs["batteryLevel"] = Attr(state.battery / 100, Kind.PROPERTY, state.observed_at)
-        return Entity(f"urn:ngsi-ld:Device:tag-{pseudonym}", "Device", attrs)
 
 
 def crowd_entities(aggregator: CrowdAggregator, sightings: Iterable[Sighting], hour: float) -> list[Entity]:
