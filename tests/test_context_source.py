@@ -8,6 +8,7 @@ Answers are checked against the shapes of ETSI GS CIM 009: normalized entities, 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -298,13 +299,13 @@ async def test_roles(city: Api) -> None:
 
 async def test_watch_tags_never_appear(city: Api) -> None:
     read: list[str] = []
-    latest = city.registry.latest
+    snapshots = city.registry.snapshots
 
-    async def recording(device_id: str) -> Any:
-        read.append(device_id)
-        return await latest(device_id)
+    async def recording(entity_ids: Sequence[str]) -> Any:
+        read.extend(entity_ids)
+        return await snapshots(entity_ids)
 
-    city.registry.latest = recording  # type: ignore[method-assign]
+    city.registry.snapshots = recording  # type: ignore[method-assign]
     every = await city.call(
         "GET", f"{BASE}/entities", CITY, params={"type": ",".join(sorted(ENTITY_TYPES)), "limit": 1000}
     )

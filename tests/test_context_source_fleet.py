@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import json
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cloud_agent.api import create_app
+from cloud_agent.northbound.context_source_entities import REGISTRY_PAGE
 from cloud_agent.runtime import AgentRuntime
 from device_registry import ApiRole, Registry
 from device_registry.models import Location
@@ -106,24 +107,26 @@ async def test_paging_a_250_device_fleet_covers_every_entity_once(agent: Agent) 
     assert last.headers["NGSILD-Results-Count"] == str(expected)
     assert 'rel="next"' not in last.headers["link"]
 
-    calls: list[str] = []
-    latest = agent.registry.latest
+    calls: list[list[str]] = []
+    snapshots = agent.registry.snapshots
 
-    async def counting(device_id: str) -> Any:
-        calls.append(device_id)
-        return await latest(device_id)
+    async def counting(entity_ids: Sequence[str]) -> Any:
+        calls.append(list(entity_ids))
+        return await snapshots(entity_ids)
 
-    agent.registry.latest = counting  # type: ignore[method-assign]
+    agent.registry.snapshots = counting  # type: ignore[method-assign]
     gauges = await agent.get({"type": "WaterObserved", "count": "true"})
     assert [entity["id"] for entity in gauges.json()] == [
         "urn:ngsi-ld:WaterObserved:wl-0001",
         "urn:ngsi-ld:WaterObserved:wl-0002",
     ]
-    assert sorted(calls) == ["wl-0001", "wl-0002"]  # thermometers and the gateway were never read
+    assert calls == [["wl-0001", "wl-0002"]]  # thermometers and the gateway were never read
     calls.clear()
     first = await agent.get({"type": "Device", "limit": 10})
     assert len(first.json()) == 10
-    assert len(calls) <= 11  # stops one entity past the page when no count is asked for
+    # stops at the listing page holding the entity one past the page when no count is asked for: the gateway's
+    # page, then one page of devices read in one batch (never the rest of the fleet)
+    assert calls == [["gw-0001"], [f"th-{n:04d}" for n in range(REGISTRY_PAGE)]]
 
 
 # ----------------------------------------------------------------------------------------------------------------
