@@ -240,3 +240,52 @@ async def test_down_refuses_connections_then_serves_again() -> None:
         await server.up()
         assert server.port == port
         assert (await client.post(UPSERT, json=[ld_entity(1)], headers=LD)).status_code == 201
+
+
+async def test_ld_batch_delete_answers_as_the_specification_says(ld: tuple[NgsiLdBroker, httpx.AsyncClient]) -> None:
+    broker, client = ld
+    assert (await client.post(UPSERT, json=[ld_entity(1), ld_entity(2)], headers=LD)).status_code == 201
+    delete = "/ngsi-ld/v1/entityOperations/delete"
+    one = await client.post(delete, json=["urn:ngsi-ld:Device:d1"])
+    assert (one.status_code, one.content) == (204, b"")
+    mixed = await client.post(delete, json=["urn:ngsi-ld:Device:d2", "urn:ngsi-ld:Device:d1", "not a uri"])
+    assert mixed.status_code == 207
+    body = mixed.json()
+    assert body["success"] == ["urn:ngsi-ld:Device:d2"]
+    assert [e["entityId"] for e in body["errors"]] == ["urn:ngsi-ld:Device:d1", "not a uri"]
+    check_problem(body["errors"][0]["error"], "ResourceNotFound", 404)
+    check_problem(body["errors"][1]["error"], "BadRequestData", 400)
+    assert broker.entities() == {}
+    for bad in ([], {"id": "urn:ngsi-ld:Device:d1"}, [1]):
+        answer = await client.post(delete, json=bad)
+        check_problem(answer.json(), "BadRequestData", 400)
+    tenant = await client.post(delete, json=["urn:ngsi-ld:Device:d1"], headers={"NGSILD-Tenant": "nowhere"})
+    check_problem(tenant.json(), "NonexistentTenant", 404)
+    broker.faults.answer(503, times=1, retry_after_s=2)
+    busy = await client.post(delete, json=["urn:ngsi-ld:Device:d1"])
+    assert (busy.status_code, busy.headers["Retry-After"]) == (503, "2")
+    assert [r.status for r in broker.records if r.path == delete][-1] == 503
+
+
+async def test_orion_delete_of_missing_entities_answers_as_orion_3_11() -> None:
+    broker = OrionBroker()
+    scope = {"Fiware-Service": "kakogawa"}
+    entities = [{"id": f"d{n}", "type": "Device", "name": {"type": "Text", "value": "x"}} for n in (1, 2, 3)]
+    async with StandInServer(broker.app()) as server, httpx.AsyncClient(base_url=server.url) as client:
+        await client.post("/v2/op/update", json={"actionType": "append", "entities": entities}, headers=scope)
+
+        async def delete(*ids: str, kind: str = "Device") -> httpx.Response:
+            body = {"actionType": "delete", "entities": [{"id": i, "type": kind} for i in ids]}
+            return await client.post("/v2/op/update", json=body, headers=scope)
+
+        assert (await delete("d1")).status_code == 204
+        partial = await delete("d2", "d1")
+        assert (partial.status_code, partial.json()) == (
+            422,
+            {"error": "PartialUpdate", "description": "do not exist: d1 - [entity itself]"},
+        )
+        assert set(broker.entities("kakogawa")) == {"d3"}
+        none = await delete("d1", "d2")
+        assert (none.status_code, none.json()["error"]) == (404, "NotFound")
+        assert (await delete("d3", kind="Other")).status_code == 404  # the type must match when given
+        assert set(broker.entities("kakogawa")) == {"d3"}

@@ -5,6 +5,12 @@
 the batch was accepted. A failure of the whole request raises :class:`PushError`, which says whether trying again
 may help, whether the batch may be split (one bad entity failing the whole request, or a body too large), and any
 ``Retry-After``. A 401 with a token is answered once by fetching a new token and sending again.
+
+``delete(entities)`` removes entities (id and type) the same way: NGSI-LD batch delete
+(``POST /ngsi-ld/v1/entityOperations/delete``, a 207 lists the ids that failed) or NGSI v2 ``/v2/op/update`` with
+``actionType: delete``. An entity that is not there (``ResourceNotFound``, Orion's 404 ``NotFound``) counts as
+deleted: deleting again is harmless. Orion refuses a batch that names a missing entity (404, or 422
+``PartialUpdate`` since Orion 3.11, which deletes the others); the client then deletes that batch one by one.
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from cloud_agent.northbound.oauth import TokenError, TokenSource
 CORE_CONTEXT: Final = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"
 UPSERT_PATH: Final = "/ngsi-ld/v1/entityOperations/upsert"
 UPDATE_PATH: Final = "/v2/op/update"
+DELETE_PATH: Final = "/ngsi-ld/v1/entityOperations/delete"
+GONE_LD_ERRORS: Final = frozenset({"ResourceNotFound", "NonexistentTenant"})
+"""NGSI-LD error types that mean an entity to delete is not there (any more): the deletion has its effect."""
 LD_ERRORS: Final = "https://uri.etsi.org/ngsi-ld/errors/"
 TRANSIENT_LD_ERRORS: Final = frozenset({"InternalError", "LdContextNotAvailable"})
 """NGSI-LD error types for which sending the same entity again later may succeed."""
@@ -70,6 +79,12 @@ class BrokerClient(Protocol):
     """Sends one batch (at most one document per entity id) to the broker."""
 
     async def push(self, entities: Sequence[dict[str, Any]]) -> dict[str, EntityFailure]: ...
+
+
+class EntityDeleter(Protocol):
+    """Deletes entities (id, type) at the broker; returns those it could not delete (not-found is success)."""
+
+    async def delete(self, entities: Sequence[tuple[str, str]]) -> dict[str, EntityFailure]: ...
 
 
 def tls_verify(ca_file: Path | None) -> ssl.SSLContext | bool:
@@ -162,6 +177,21 @@ class NgsiLdClient(_HttpBroker):
         kind, detail = _ld_problem(answer)
         raise self._request_error(answer, kind, detail)
 
+    async def delete(self, entities: Sequence[tuple[str, str]]) -> dict[str, EntityFailure]:
+        """Batch delete by id; ids the broker does not have count as deleted."""
+        ids = [entity_id for entity_id, _type in entities]
+        headers = {**self.headers, "Content-Type": "application/json"}
+        answer = await self._post(DELETE_PATH, orjson.dumps(ids), headers, {})
+        if answer.status_code in (200, 204):
+            return {}
+        if answer.status_code == 207:
+            failures = _ld_failures(answer, ids)
+            return {i: failure for i, failure in failures.items() if failure.kind not in GONE_LD_ERRORS}
+        kind, detail = _ld_problem(answer)
+        if answer.status_code == 404 and kind in GONE_LD_ERRORS:
+            return {}
+        raise self._request_error(answer, kind, detail)
+
 
 class NgsiV2Client(_HttpBroker):
     """NGSI v2 ``POST /v2/op/update`` with ``actionType: append`` (create the entity or add/overwrite attributes)."""
@@ -191,11 +221,26 @@ class NgsiV2Client(_HttpBroker):
         answer = await self._post(UPDATE_PATH, body, self.headers, {})
         if 200 <= answer.status_code < 300:
             return {}
-        try:
-            error = answer.json()
-            kind, detail = str(error["error"]), str(error.get("description", ""))
-        except (ValueError, KeyError, TypeError):
-            kind, detail = f"http_{answer.status_code}", answer.text[:DETAIL_MAX]
+        kind, detail = _v2_problem(answer)
+        raise self._request_error(answer, kind, detail)
+
+    async def delete(self, entities: Sequence[tuple[str, str]]) -> dict[str, EntityFailure]:
+        """``actionType: delete``; a missing entity counts as deleted (a refused batch is deleted one by one)."""
+        body = orjson.dumps({"actionType": "delete", "entities": [{"id": i, "type": t} for i, t in entities]})
+        answer = await self._post(UPDATE_PATH, body, self.headers, {})
+        if 200 <= answer.status_code < 300:
+            return {}
+        kind, detail = _v2_problem(answer)
+        missing = (answer.status_code, kind) in ((404, "NotFound"), (422, "PartialUpdate"))
+        if missing and len(entities) > 1:
+            failures: dict[str, EntityFailure] = {}
+            for entity in entities:
+                failures.update(await self.delete([entity]))
+            return failures
+        if missing and answer.status_code == 404:
+            return {}
+        if missing:
+            return {entities[0][0]: EntityFailure(kind, detail[:DETAIL_MAX], False)}
         raise self._request_error(answer, kind, detail)
 
 
@@ -209,6 +254,14 @@ def _caused_by_tls(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _v2_problem(answer: httpx.Response) -> tuple[str, str]:
+    try:
+        error = answer.json()
+        return str(error["error"]), str(error.get("description", ""))
+    except (ValueError, KeyError, TypeError):
+        return f"http_{answer.status_code}", answer.text[:DETAIL_MAX]
 
 
 def _ld_problem(answer: httpx.Response) -> tuple[str, str]:

@@ -7,6 +7,11 @@ entities with ``application/json``, where a ``Link`` header may carry it), then 
 [{"entityId", "error": ProblemDetails}]}`` when some failed. Tenants come from ``NGSILD-Tenant`` (upsert creates
 one; reading a tenant that does not exist is 404 ``NonexistentTenant``). With a :class:`TokenAuthority` every
 request needs a valid bearer token.
+
+``POST /ngsi-ld/v1/entityOperations/delete`` takes a JSON array of entity ids and answers 204 when every one was
+deleted, else 207 ``{"success", "errors"}`` where an id that is not there has a ``ResourceNotFound`` (404) error and
+one that is not a URI ``BadRequestData``; a body that is not a non-empty array of strings is 400, a tenant that does
+not exist 404 ``NonexistentTenant``.
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ class NgsiLdBroker:
         return Starlette(
             routes=[
                 Route(f"{BASE}/entityOperations/upsert", self._upsert, methods=["POST"]),
+                Route(f"{BASE}/entityOperations/delete", self._delete, methods=["POST"]),
                 Route(f"{BASE}/entities/{{entity_id:path}}", self._retrieve, methods=["GET"]),
                 Route(f"{BASE}/entities", self._query, methods=["GET"]),
                 Route(f"{BASE}/csourceRegistrations", self._register, methods=["POST"]),
@@ -84,14 +90,9 @@ class NgsiLdBroker:
 
     async def _upsert_checked(self, request: Request) -> Response:
         body = await request.body()
-        injected = self.faults.take_status()
+        injected = self._injected()
         if injected is not None:
-            status, retry_after = injected
-            headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-            kind = (
-                "InternalError" if status == 500 else ("Too Many Requests" if status == 429 else "Service Unavailable")
-            )
-            return _problem(kind, "injected by the test", status, headers)
+            return injected
         options = request.query_params.get("options", "replace")
         if options not in ("update", "replace"):
             return _problem("BadRequestData", f"options must be update or replace for upsert, not {options}")
@@ -140,6 +141,55 @@ class NgsiLdBroker:
             return JSONResponse({"success": success, "errors": errors}, status_code=207)
         if created:
             return JSONResponse(created, status_code=201)
+        return Response(status_code=204)
+
+    def _injected(self) -> Response | None:
+        """The status a test injected for this write, as the broker would answer it."""
+        injected = self.faults.take_status()
+        if injected is None:
+            return None
+        status, retry_after = injected
+        headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+        kind = "InternalError" if status == 500 else ("Too Many Requests" if status == 429 else "Service Unavailable")
+        return _problem(kind, "injected by the test", status, headers)
+
+    async def _delete(self, request: Request) -> Response:
+        ids: list[str] = []
+        answer = await self._gate(request) or self._injected() or await self._delete_checked(request, ids)
+        self.records.append(RequestRecord(now(), request.url.path, answer.status_code, tuple(ids)))
+        return answer
+
+    async def _delete_checked(self, request: Request, ids: list[str]) -> Response:
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media not in ("application/json", "application/ld+json"):
+            return _problem("InvalidRequest", f"unsupported Content-Type {media or '(none)'}", 415)
+        try:
+            sent = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            return _problem("InvalidRequest", f"the body is not valid JSON: {exc}")
+        if not isinstance(sent, list) or not sent or not all(isinstance(i, str) for i in sent):
+            return _problem("BadRequestData", "the body must be a non-empty JSON array of entity ids")
+        if len(sent) > MAX_BATCH:
+            return _problem("Payload Too Large", f"at most {MAX_BATCH} entities per batch", 413)
+        ids.extend(sent)
+        store = self._tenant(request)
+        if isinstance(store, Response):
+            return store
+        success: list[str] = []
+        errors: list[dict[str, Any]] = []
+        for entity_id in sent:
+            injected = self.faults.entity_errors.get(entity_id)
+            if injected is not None:
+                errors.append({"entityId": entity_id, "error": problem(injected, f"{entity_id}: injected by the test")})
+            elif not is_uri(entity_id):
+                errors.append({"entityId": entity_id, "error": problem("BadRequestData", f"{entity_id} is not a URI")})
+            elif entity_id not in store:
+                errors.append({"entityId": entity_id, "error": problem("ResourceNotFound", f"{entity_id} not found")})
+            else:
+                del store[entity_id]
+                success.append(entity_id)
+        if errors:
+            return JSONResponse({"success": success, "errors": errors}, status_code=207)
         return Response(status_code=204)
 
     def _link_contexts(self, request: Request) -> list[str] | Response:

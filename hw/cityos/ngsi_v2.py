@@ -3,8 +3,11 @@
 
 ``actionType`` ``append`` creates or updates attributes, ``appendStrict`` refuses existing attributes (422
 ``Unprocessable``), ``update`` refuses unknown entities (404 ``NotFound``), ``replace`` replaces all attributes,
-``delete`` removes entities; success is 204 with no body. Like Orion, one malformed entity fails the whole request
-with 400 ``BadRequest``; a body over 1 MB is 413 ``RequestEntityTooLarge``; a Content-Type other than JSON is 415.
+``delete`` removes entities (matched by id, and by type when one is given); success is 204 with no body. A delete
+naming entities that do not exist answers as Orion 3.11+ does: 404 ``NotFound`` when none exists, else the others
+are deleted and the answer is 422 ``PartialUpdate`` with ``do not exist: <id> - [entity itself], ...``.
+Like Orion, one malformed entity fails the whole request with 400 ``BadRequest``; a body over 1 MB is 413
+``RequestEntityTooLarge``; a Content-Type other than JSON is 415.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ def orion_error(status: int, error: str, description: str, headers: dict[str, st
 
 class _Invalid(Exception):
     pass
+
+
+_Checked = tuple[str, str, dict[str, Any], dict[str, Any]]
+"""An entity of a request: id, type, attributes, the entity as sent."""
 
 
 def _check_name(value: object, what: str) -> str:
@@ -142,7 +149,7 @@ class OrionBroker:
         action = document.get("actionType")
         if action not in ACTIONS:
             return orion_error(400, "BadRequest", f"invalid value for /actionType/: {action}")
-        checked = []
+        checked: list[_Checked] = []
         try:
             for entity in document["entities"]:
                 entity_id, entity_type, attributes = _check_entity(entity)
@@ -153,21 +160,37 @@ class OrionBroker:
         except _Invalid as exc:
             return orion_error(400, "BadRequest", str(exc))
         store = self.scopes.setdefault(scope, {})
-        missing = [e for e, t, _, _ in checked if action in ("update", "delete") and e not in store]
+        if action == "delete":
+            return self._delete(store, checked, scope)
+        missing = [e for e, t, _, _ in checked if action == "update" and e not in store]
         if missing:
             return orion_error(404, "NotFound", "The requested entity has not been found. Check type and id")
         for entity_id, entity_type, attributes, entity in checked:
             current = store.get(entity_id)
             if action == "appendStrict" and current is not None and set(attributes) & set(current):
                 return orion_error(422, "Unprocessable", "one or more of the attributes in the request already exist")
-            if action == "delete":
-                del store[entity_id]
-            elif current is None or action == "replace":
+            if current is None or action == "replace":
                 store[entity_id] = {"id": entity_id, "type": entity_type, **attributes}
             else:
                 current.update(attributes)
             self.updates.append((scope[0], scope[1], entity_id, entity))
         return Response(status_code=204)
+
+    def _delete(self, store: dict[str, dict[str, Any]], checked: list[_Checked], scope: tuple[str, str]) -> Response:
+        missing: list[str] = []
+        for entity_id, _type, _attributes, entity in checked:
+            current = store.get(entity_id)
+            if current is None or ("type" in entity and current["type"] != entity["type"]):
+                missing.append(entity_id)
+                continue
+            del store[entity_id]
+            self.updates.append((scope[0], scope[1], entity_id, entity))
+        if not missing:
+            return Response(status_code=204)
+        gone = ", ".join(f"{entity_id} - [entity itself]" for entity_id in missing)
+        if len(missing) == len(checked):
+            return orion_error(404, "NotFound", f"do not exist: {gone}")
+        return orion_error(422, "PartialUpdate", f"do not exist: {gone}")
 
     async def _retrieve(self, request: Request) -> Response:
         scope = await self._gate(request)
