@@ -116,6 +116,21 @@ class NorthboundSection(_Strict):
         description="secret for watch-tag pseudonyms (HMAC); unset: a random one per start (unstable pseudonyms)",
     )
     crowd_flush_s: float = Field(default=60.0, ge=0.1, le=3600.0, description="how often crowd counts go out")
+    crowd_keep_hours: int = Field(
+        default=24, ge=1, le=24 * 31, description="hours of crowd counts recounted (late sightings corrected)"
+    )
+    crowd_min_count: int = Field(
+        default=1, ge=1, le=1000, description="k-anonymity: a zone-hour with fewer distinct tags is held back"
+    )
+    crowd_sweep_s: float = Field(
+        default=600.0, ge=1.0, le=86_400.0, description="how often all crowd_keep_hours are recounted"
+    )
+    tag_retention_h: float = Field(
+        default=24.0, gt=0.0, le=24.0 * 366, description="a tag's pseudonymised Device is deleted after this unseen"
+    )
+    tag_retention_period_s: float = Field(
+        default=60.0, ge=1.0, le=3600.0, description="how often tags are checked for City OS deletions"
+    )
     batch_size: int = Field(default=100, ge=1, le=1000, description="entities per request at most")
     max_in_flight: int = Field(default=4, ge=1, le=64, description="requests in flight at once")
     timeout_s: float = Field(default=10.0, ge=0.5, le=300.0)
