@@ -133,6 +133,12 @@ class NorthboundSection(_Strict):
     )
     batch_size: int = Field(default=100, ge=1, le=1000, description="entities per request at most")
     max_in_flight: int = Field(default=4, ge=1, le=64, description="requests in flight at once")
+    updates_per_entity: int = Field(
+        default=10, ge=1, le=100, description="consecutive updates of one entity one request may carry, in order"
+    )
+    linger_s: float = Field(
+        default=0.02, ge=0.0, le=5.0, description="how long a short batch may wait for more while others are in flight"
+    )
     timeout_s: float = Field(default=10.0, ge=0.5, le=300.0)
 
     @field_validator("url", "token_url")

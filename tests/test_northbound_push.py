@@ -25,7 +25,6 @@ from cloud_agent.northbound.ngsi_clients import BrokerClient, NgsiLdClient, Ngsi
 from cloud_agent.northbound.oauth import ClientCredentials, TokenSource
 from cloud_agent.northbound.pusher import Pusher, PusherSettings
 from cloud_agent.northbound.queue import MemoryQueue, NorthboundSource, QueuedUpdate
-from cloud_agent.northbound.queue_sqlite import SqliteQueue
 from hw.cityos import NgsiLdBroker, OrionBroker, StandInServer, TokenAuthority
 
 pytestmark = pytest.mark.timeout(30)
@@ -87,19 +86,19 @@ async def pushing(
         await asyncio.wait_for(task, 10)
 
 
-async def test_ld_outage_of_a_minute_loses_nothing_and_keeps_order(tmp_path: Path) -> None:
+async def test_ld_outage_of_a_minute_loses_nothing_and_keeps_order() -> None:
     broker = NgsiLdBroker()
-    queue = await SqliteQueue(tmp_path / "nb.db").open()
+    queue = MemoryQueue()
     async with StandInServer(broker.app()) as server, httpx.AsyncClient(timeout=2) as http:
         client = NgsiLdClient(http, server.url, tenant="kakogawa")
         async with pushing(queue, client) as pusher:
-            await queue.put([ld_update(n, 0) for n in range(100)])
+            queue.put([ld_update(n, 0) for n in range(100)])
             pusher.wake()
             await wait_until(lambda: drained(queue))
             await server.down()
             down_at = time.monotonic()
             for seq in (1, 2, 3):
-                await queue.put([ld_update(n, seq) for n in range(100)])
+                queue.put([ld_update(n, seq) for n in range(100)])
                 pusher.wake()
             await asyncio.sleep(MINUTE_S)
             assert (await queue.stats()).pending == 300
@@ -107,7 +106,6 @@ async def test_ld_outage_of_a_minute_loses_nothing_and_keeps_order(tmp_path: Pat
             await wait_until(lambda: drained(queue))
             back_in = time.monotonic() - down_at - MINUTE_S
             snapshot = await pusher.snapshot()
-    await queue.close()
     received = sequences([(e, doc) for _, e, doc in broker.updates])
     assert received == {f"urn:ngsi-ld:WaterObserved:wl-{n:04d}": [0, 1, 2, 3] for n in range(100)}
     assert back_in < 1.5  # back-off is capped at 0.4 s
@@ -218,6 +216,42 @@ async def test_outage_retries_do_not_use_up_per_entity_attempts() -> None:
     assert statuses[-1] == 201
     assert not queue.dead
     assert pusher.metrics.delivered == 2
+
+
+async def test_one_refused_update_among_an_entitys_updates_in_a_batch_is_isolated() -> None:
+    """The broker's 207 names the entity, not which of its updates in the batch it refused: they are sent again
+    one per request, in order, and only the refused one is dead-lettered."""
+    broker = NgsiLdBroker()
+    queue = MemoryQueue()
+    bad = ld_update(3, 1)
+    bad["height"]["observedAt"] = "2026-02-30T00:00:00Z"  # no such day: the broker refuses this update only
+    async with StandInServer(broker.app()) as server, httpx.AsyncClient(timeout=2) as http:
+        good = queue.put([ld_update(n, 0) for n in range(5)])
+        refused = queue.put([bad])
+        last = queue.put([ld_update(3, 2)])
+        async with pushing(queue, NgsiLdClient(http, server.url)) as pusher:
+            await wait_until(lambda: drained(queue))
+    assert broker.records[0].status == 207  # all seven updates went in one request
+    assert [d.update.id for d in queue.dead] == refused
+    assert queue.dead[0].reason.startswith("BadRequestData: ")
+    assert pusher.metrics.delivered == len(good) + len(last)
+    assert [r.status for r in broker.records[1:]] == [204, 207, 204]  # 3 0, 3 1 (refused), 3 2: one by one
+    assert broker.tenants[""]["urn:ngsi-ld:WaterObserved:wl-0003"]["height"]["value"] == 2
+
+
+async def test_updates_per_entity_one_sends_an_entity_once_per_request() -> None:
+    broker = NgsiLdBroker()
+    queue = MemoryQueue()
+    settings = PusherSettings(batch_size=50, updates_per_entity=1, idle_poll_s=0.01)
+    async with StandInServer(broker.app()) as server, httpx.AsyncClient(timeout=2) as http:
+        queue.put([ld_update(n, seq) for seq in range(3) for n in range(4)])
+        async with pushing(queue, NgsiLdClient(http, server.url), settings):
+            await wait_until(lambda: drained(queue))
+    assert all(len(set(r.entity_ids)) == len(r.entity_ids) for r in broker.records)
+    assert len(broker.records) == 3
+    assert sequences([(e, doc) for _, e, doc in broker.updates]) == {
+        f"urn:ngsi-ld:WaterObserved:wl-{n:04d}": [0, 1, 2] for n in range(4)
+    }
 
 
 async def test_v2_one_bad_entity_is_split_out_and_dead_lettered() -> None:
@@ -353,11 +387,11 @@ class FlakyQueue(MemoryQueue):
         self.fetch_failures = 1
         self.delivered_failures = 2
 
-    async def fetch(self, limit: int) -> list[QueuedUpdate]:
+    async def fetch(self, limit: int, per_entity: int = 1) -> list[QueuedUpdate]:
         if self.fetch_failures:
             self.fetch_failures -= 1
             raise OSError("disk I/O error")
-        return await super().fetch(limit)
+        return await super().fetch(limit, per_entity)
 
     async def delivered(self, ids: Sequence[int]) -> None:
         if self.delivered_failures:

@@ -4,7 +4,9 @@ outages, throttling and partial failures.
 - **Batches, bounded:** one request carries up to ``batch_size`` updates, at most one per entity (the queue hands
   out only each entity's oldest unsettled update, which also keeps the order per entity); at most
   ``max_in_flight`` requests are open at once. The queue is only read when a request slot is free, so a slow
-  broker slows the pusher down instead of piling up requests.
+  broker slows the pusher down instead of piling up requests. A batch goes out when it is full, when nothing else
+  is in flight, or ``linger_s`` after its first update was taken: while requests are in flight a short batch waits
+  for their answers (which free more entities' next updates) instead of going out as many small requests.
 - **Whole request failed, transient** (connection refused or reset, time-out, 5xx, 401/403 after a fresh token,
   token endpoint unavailable): the batch goes back to the queue and the pusher pauses with exponential back-off
   and jitter (``backoff_initial_s`` doubling up to ``backoff_max_s``); after a failure only one request is in
@@ -16,6 +18,8 @@ outages, throttling and partial failures.
 - **Per entity (207):** the accepted entities are delivered; failures of a transient kind (``InternalError``,
   ``LdContextNotAvailable``, status ≥ 500) are retried with back-off up to ``max_attempts``, then dead-lettered as
   ``retries_exhausted``; the others are dead-lettered at once with their reason. 201 and 204 are both success.
+  An answer names entity ids, so when an entity had several updates in the request, all of them share its fate;
+  refused for good, they are sent again one per request, in order, so that only the refused one is dead-lettered.
 """
 
 from __future__ import annotations
@@ -47,14 +51,22 @@ class PusherSettings:
     max_attempts: int = 10
     """Transient per-entity failures (in a 207) before the update is dead-lettered; failures of whole requests
     (outages, 5xx, 429) never count here, and a restart of the agent starts the count again."""
+    updates_per_entity: int = 10
+    """How many consecutive updates of one entity may share a request (in their order). NGSI-LD brokers apply
+    repeated ids of a batch upsert in array order (ETSI GS CIM 009, batch upsert), Orion applies a ``/v2/op/update``
+    entity by entity; 1 sends each entity at most once per request, for brokers that merge repeats."""
+    linger_s: float = 0.02
+    """How long a batch that is not full may wait for more updates while other requests are in flight."""
     idle_poll_s: float = 0.1
     """How often an empty queue is looked at again (or at once after :meth:`Pusher.wake`)."""
     stop_grace_s: float = 15.0
     """When stopping, how long requests in flight may take to finish and be recorded in the queue."""
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_in_flight < 1 or self.max_attempts < 1:
-            raise ValueError("batch_size, max_in_flight and max_attempts must be at least 1")
+        if min(self.batch_size, self.max_in_flight, self.max_attempts, self.updates_per_entity) < 1:
+            raise ValueError("batch_size, max_in_flight, max_attempts and updates_per_entity must be at least 1")
+        if self.linger_s < 0:
+            raise ValueError("linger_s must not be negative")
         if not 0 < self.backoff_initial_s <= self.backoff_max_s:
             raise ValueError("backoff_initial_s must be above 0 and at most backoff_max_s")
 
@@ -112,6 +124,8 @@ class Pusher:
     async def run(self, stop: asyncio.Event) -> None:
         """Push until ``stop`` is set; requests in flight then finish (they are bounded by the client's time-out)."""
         in_flight: set[asyncio.Task[None]] = set()
+        forming: list[QueuedUpdate] = []
+        forming_since = 0.0
         stopping = asyncio.create_task(stop.wait(), name="northbound-stop")
         log.info("northbound_pusher_started", **_settings_fields(self.settings))
         try:
@@ -120,31 +134,46 @@ class Pusher:
                 limit = 1 if self._failures_in_row else self.settings.max_in_flight
                 if pause > 0:
                     await _first(stopping, *in_flight, within=pause)
-                elif len(in_flight) >= limit:
+                    continue
+                if len(in_flight) >= limit:
                     await _first(stopping, *in_flight)
-                else:
-                    try:
-                        batch = await self.source.fetch(self.settings.batch_size)
-                    except Exception as exc:
-                        self._queue_failed("fetch", exc)
-                        continue
-                    if batch:
-                        task = asyncio.create_task(self._send(batch), name="northbound-push")
-                        in_flight.add(task)
-                        task.add_done_callback(in_flight.discard)
-                        continue
-                    self._wake.clear()
-                    waking = asyncio.create_task(self._wake.wait())
-                    try:
-                        await _first(stopping, waking, *in_flight, within=self.settings.idle_poll_s)
-                    finally:
-                        waking.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await waking
+                    continue
+                try:
+                    more = await self.source.fetch(
+                        self.settings.batch_size - len(forming), per_entity=self.settings.updates_per_entity
+                    )
+                except Exception as exc:
+                    self._queue_failed("fetch", exc)
+                    continue
+                if more:
+                    if not forming:
+                        forming_since = time.monotonic()
+                    forming.extend(more)
+                lingered = time.monotonic() - forming_since
+                if forming and (
+                    len(forming) >= self.settings.batch_size or not in_flight or lingered >= self.settings.linger_s
+                ):
+                    task = asyncio.create_task(self._send(forming), name="northbound-push")
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                    forming = []
+                    continue
+                within = self.settings.linger_s - lingered if forming else self.settings.idle_poll_s
+                self._wake.clear()
+                waking = asyncio.create_task(self._wake.wait())
+                try:
+                    await _first(stopping, waking, *in_flight, within=max(0.0, within))
+                finally:
+                    waking.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await waking
         finally:
             stopping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await stopping
+            if forming:  # taken but never sent: hand them back
+                with contextlib.suppress(Exception):
+                    await self.source.retry_later([u.id for u in forming], time.time(), "pusher stopped before sending")
             if in_flight:
                 _, late = await asyncio.wait(set(in_flight), timeout=self.settings.stop_grace_s)
                 for task in late:  # settling against a queue that keeps failing: sent again after a restart
@@ -152,6 +181,10 @@ class Pusher:
                 for result in await asyncio.gather(*in_flight, *late, return_exceptions=True):
                     if isinstance(result, Exception):
                         log.error("northbound_push_crashed", error=repr(result))
+            try:
+                await self.source.flush()
+            except Exception as exc:  # delivered updates whose settling is lost are sent again after a restart
+                self._queue_failed("flush", exc)
             log.info("northbound_pusher_stopped", **self.metrics.as_dict())
 
     async def _send(self, batch: Sequence[QueuedUpdate]) -> None:
@@ -166,7 +199,9 @@ class Pusher:
             await self._request_failed(batch, PushError("internal", repr(exc), transient=True))
             return
         self._failures_in_row = 0
-        by_id = {u.entity_id: u for u in batch}
+        by_entity: dict[str, list[QueuedUpdate]] = {}
+        for update in batch:
+            by_entity.setdefault(update.entity_id, []).append(update)
         accepted = [u.id for u in batch if u.entity_id not in failures]
         for update_id in accepted:
             self._entity_failures.pop(update_id, None)
@@ -174,21 +209,28 @@ class Pusher:
             await self._settle("delivered", self.source.delivered, accepted)
             self.metrics.delivered += len(accepted)
         for entity_id, failure in failures.items():
-            update = by_id.get(entity_id)
-            if update is None:
+            updates = by_entity.get(entity_id)
+            if updates is None:
                 continue
             reason = f"{failure.kind}: {failure.detail}"
             self.metrics.failures[failure.kind] += 1
-            tries = self._entity_failures.pop(update.id, 0) + 1
+            head = updates[0].id  # the tries are counted on the entity's first update in the batch
+            tries = self._entity_failures.pop(head, 0) + 1
             if failure.transient and tries < self.settings.max_attempts:
-                self._entity_failures[update.id] = tries
+                self._entity_failures[head] = tries
+                ids = [u.id for u in updates]
                 await self._settle(
-                    "retry_later", self.source.retry_later, [update.id], time.time() + self._backoff(tries), reason
+                    "retry_later", self.source.retry_later, ids, time.time() + self._backoff(tries), reason
                 )
-                self.metrics.retried += 1
+                self.metrics.retried += len(ids)
+            elif len(updates) > 1:
+                # one answer per entity id: send its updates one by one, in order, to find the one refused
+                log.info("northbound_entity_isolated", entity_id=entity_id, updates=len(updates), kind=failure.kind)
+                for update in updates:
+                    await self._send([update])
             else:
                 kind = failure.kind if not failure.transient else "retries_exhausted"
-                await self._dead_letter([update], kind, reason)
+                await self._dead_letter(updates, kind, reason)
 
     async def _request_failed(self, batch: Sequence[QueuedUpdate], exc: PushError) -> None:
         reason = f"{exc.kind}: {exc.detail}"
@@ -269,4 +311,6 @@ def _settings_fields(settings: PusherSettings) -> dict[str, Any]:
         "max_in_flight": settings.max_in_flight,
         "backoff_max_s": settings.backoff_max_s,
         "max_attempts": settings.max_attempts,
+        "updates_per_entity": settings.updates_per_entity,
+        "linger_s": settings.linger_s,
     }

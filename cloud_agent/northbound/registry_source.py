@@ -23,6 +23,7 @@ idempotent), so delivery is at least once. Devices, gateways and twins are cache
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -50,8 +51,10 @@ class RegistryNorthboundSource:
         *,
         crowd: CrowdAggregator | None = None,
         crowd_flush_s: float = 60.0,
-        rows_per_load: int = 200,
+        rows_per_load: int = 32,
+        staged_updates: int = 5000,
         cache_s: float = 30.0,
+        settle_s: float = 0.2,
     ) -> None:
         self._registry = registry
         self._crowd = crowd
@@ -59,12 +62,17 @@ class RegistryNorthboundSource:
         self._crowd_flushed = time.monotonic()
         self._serialize = serialize
         self._rows_per_load = rows_per_load
+        self._staged_updates = staged_updates
         self._cache_s = cache_s
         self._staging = MemoryQueue()
         self._row_of: dict[int, int] = {}  # update id -> outbox row id
         self._open: dict[int, int] = {}  # outbox row id -> updates not yet settled
         self._dead: dict[int, list[str]] = {}  # outbox row id -> reasons of its dead-lettered updates
         self._taken_through = 0
+        self._settle_s = settle_s
+        self._done: list[int] = []
+        """Outbox rows whose updates were all accepted, not yet deleted (see :meth:`_forget_done`)."""
+        self._done_since = 0.0
         self._entities: dict[str, tuple[float, Device | Gateway | None]] = {}
         self._settings: dict[str, tuple[float, JSONObject]] = {}
         self.refused_readings = 0
@@ -132,6 +140,7 @@ class RegistryNorthboundSource:
         for row in rows:
             self._taken_through = row.id
             documents = await self._documents(readings[(row.gateway_id, row.seq)])
+            await asyncio.sleep(0)  # mapping is CPU work: let the answers of requests in flight be handled meanwhile
             if not documents:
                 empty.append(row.id)
                 continue
@@ -158,9 +167,26 @@ class RegistryNorthboundSource:
                     dead.append((row, "; ".join(sorted(set(reasons)))[:1024]))
                 else:
                     done.append(row)
-        await self._registry.northbound_delivered(done)
+        if done:
+            if not self._done:
+                self._done_since = time.monotonic()
+            self._done.extend(done)
         for row, reason in dead:
             await self._registry.northbound_dead([row], reason=reason)
+
+    async def _forget_done(self, *, now: bool = False) -> None:
+        """Delete the delivered messages' rows in one statement, at most every ``settle_s`` (or at once with ``now``);
+        on failure they stay listed and are tried again at the next call."""
+        if not self._done:
+            return
+        if not now and len(self._done) < 1000 and time.monotonic() - self._done_since < self._settle_s:
+            return
+        rows, self._done = self._done, []
+        try:
+            await self._registry.northbound_delivered(rows)
+        except BaseException:
+            self._done[:0] = rows
+            raise
 
     # -- NorthboundSource -----------------------------------------------------------------------------------
 
@@ -172,11 +198,12 @@ class RegistryNorthboundSource:
         if entities:
             self._staging.put([self._serialize(entity) for entity in entities])  # derived: no outbox row behind
 
-    async def fetch(self, limit: int) -> list[QueuedUpdate]:
+    async def fetch(self, limit: int, per_entity: int = 1) -> list[QueuedUpdate]:
+        await self._forget_done()
         self._flush_crowd()
-        if (await self._staging.stats()).pending < limit:
+        if self._staging.pending < max(limit, self._staged_updates):
             await self._load()
-        return await self._staging.fetch(limit)
+        return await self._staging.fetch(limit, per_entity)
 
     async def delivered(self, ids: Sequence[int]) -> None:
         await self._staging.delivered(ids)
@@ -191,6 +218,10 @@ class RegistryNorthboundSource:
         log.warning("northbound_dead_letter", updates=len(ids), reason=reason[:200])
         await self._settle(ids, dead_reason=reason)
 
+    async def flush(self) -> None:
+        await self._forget_done(now=True)
+
     async def stats(self) -> QueueStats:
+        await self._forget_done(now=True)
         depth = await self._registry.northbound_depth()
         return QueueStats(depth.pending, depth.oldest_queued_at, depth.dead)

@@ -56,6 +56,13 @@ def build_pusher(settings: NorthboundSection, registry: Registry) -> tuple[Pushe
     crowd = CrowdAggregator(secret)
     source = RegistryNorthboundSource(registry, serialize, crowd=crowd, crowd_flush_s=settings.crowd_flush_s)
     pusher = Pusher(
-        source, client, PusherSettings(batch_size=settings.batch_size, max_in_flight=settings.max_in_flight)
+        source,
+        client,
+        PusherSettings(
+            batch_size=settings.batch_size,
+            max_in_flight=settings.max_in_flight,
+            updates_per_entity=settings.updates_per_entity,
+            linger_s=settings.linger_s,
+        ),
     )
     return pusher, http
