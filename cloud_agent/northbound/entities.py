@@ -22,6 +22,7 @@ Everything here is pure and allocation-light: the serialisers run once per entit
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -79,7 +80,18 @@ class Entity:
 
 def iso_utc(t: float | datetime) -> str:
     """Epoch seconds or an aware datetime as ISO 8601 UTC with a ``Z`` (milliseconds when not whole seconds)."""
-    dt = t.astimezone(UTC) if isinstance(t, datetime) else datetime.fromtimestamp(t, UTC)
+    if isinstance(t, datetime):
+        return _iso(t.astimezone(UTC))
+    return _iso_of_epoch(t)
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_of_epoch(t: float) -> str:
+    """Cached: the attributes of one sample, and the entities of one message, share their observed time."""
+    return _iso(datetime.fromtimestamp(t, UTC))
+
+
+def _iso(dt: datetime) -> str:
     if dt.microsecond:
         return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")

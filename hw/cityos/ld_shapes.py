@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime
 from typing import Any, Final
@@ -78,10 +79,19 @@ def check_utc(value: object, where: str) -> None:
     """``value`` must be an ISO 8601 date-time in UTC (``...Z``)."""
     if not isinstance(value, str) or not _UTC.match(value):
         raise ShapeError("BadRequestData", f"{where} must be an ISO 8601 date-time in UTC ending in Z, not {value!r}")
+    if not _valid_calendar_time(value[:19]):
+        raise ShapeError("BadRequestData", f"{where} is not a valid date-time: {value!r}")
+
+
+@functools.lru_cache(maxsize=8192)
+def _valid_calendar_time(stamp: str) -> bool:
+    """Whether ``YYYY-MM-DDTHH:MM:SS`` names a real moment (no 30 February, no hour 24); the attributes of one entity
+    mostly share their time, so the answer is cached."""
     try:
-        datetime.strptime(value[:19], "%Y-%m-%dT%H:%M:%S")
+        datetime.fromisoformat(stamp)
     except ValueError:
-        raise ShapeError("BadRequestData", f"{where} is not a valid date-time: {value!r}") from None
+        return False
+    return True
 
 
 def context_urls(context: object) -> list[str]:
