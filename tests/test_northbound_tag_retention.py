@@ -14,7 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
+from cloud_agent.config import NorthboundSection
 from cloud_agent.northbound.crowd_counts import StoredCrowdCounts
 from cloud_agent.northbound.entities import Entity, to_ngsi_ld, to_ngsi_v2
 from cloud_agent.northbound.mapping import CONTEXTS, contexts_for
@@ -247,3 +249,11 @@ def test_settings_are_checked() -> None:
         TagRetention(None, None, SECRET, batch_size=0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="backoff"):
         TagRetention(None, None, SECRET, backoff_initial_s=5, backoff_max_s=1)  # type: ignore[arg-type]
+
+
+def test_config_validates_the_retention_settings() -> None:
+    section = NorthboundSection(kind="ngsi-ld", url="https://cityos.example")
+    assert (section.tag_retention_h, section.crowd_keep_hours, section.crowd_min_count) == (24.0, 24, 1)
+    for bad in ({"tag_retention_h": 0}, {"crowd_min_count": 0}, {"crowd_keep_hours": 0}, {"crowd_sweep_s": 0}):
+        with pytest.raises(ValidationError):
+            NorthboundSection(kind="ngsi-ld", url="https://cityos.example", **bad)
