@@ -38,6 +38,7 @@ from cloud_agent.metrics import AgentMetrics
 from cloud_agent.northbound.csource_task import run_registration
 from cloud_agent.northbound.pusher import Pusher
 from cloud_agent.northbound.setup import build_pusher
+from cloud_agent.northbound.tag_retention import TagRetention
 from cloud_agent.pki.authority import CertificateAuthority
 from cloud_agent.runtime import AgentRuntime
 from cloud_agent.twin_delivery import TwinDelivery
@@ -143,8 +144,9 @@ class AgentService:
         self.api_ready = asyncio.Event()
         self.pusher: Pusher | None = None
         self._northbound_http: httpx.AsyncClient | None = None
+        self._tag_retention: TagRetention | None = None
         if config.northbound is not None:
-            self.pusher, self._northbound_http = build_pusher(config.northbound, registry)
+            self.pusher, self._tag_retention, self._northbound_http = build_pusher(config.northbound, registry)
             self.metrics.extra["northbound"] = self.pusher.metrics.as_dict
 
     def _readings_stored(self) -> None:
@@ -264,6 +266,8 @@ class AgentService:
                 tg.create_task(self.run_api())
             if self.pusher is not None:
                 tg.create_task(self.pusher.run(self.stop))
+            if self._tag_retention is not None:
+                tg.create_task(self._tag_retention.run(self.stop))
             if self.config.context_source is not None:
                 tg.create_task(run_registration(self.config.context_source, self.registry, self.stop))
             if on_started is not None:

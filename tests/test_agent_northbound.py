@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud_agent.northbound.alerts import SOS_QUANTITY
 from cloud_agent.northbound.mapping import CONTEXTS
 from device_registry import Location, Registry
 from hw.cityos import NgsiLdBroker, StandInServer
@@ -21,6 +22,7 @@ from tests.fleet import RunningBroker
 GW = "gw-test-0001"
 GAUGE, TAG = "wl-0101", "bt-0001"
 TOPIC = wire.topic_for(GW, wire.Channel.READINGS)
+SOS_SEQ = 7  # sent while the City OS is down
 T0 = time.time() - 3600  # within the last hour or two: crowd counts are flushed up to the current hour
 
 
@@ -49,6 +51,7 @@ def _message(seq: int, level: float) -> bytes:
     readings = (
         wire.Reading(GAUGE, "level", level, "m", at, wire.ClockQuality.SYNCED),
         wire.Reading(TAG, "rssi", -70.0, "dBm", at, wire.ClockQuality.SYNCED),
+        *((wire.Reading(TAG, SOS_QUANTITY, True, None, at, wire.ClockQuality.SYNCED),) if seq == SOS_SEQ else ()),
     )
     return wire.encode_readings(wire.ReadingsMessage(seq=seq, sent_at=at, readings=readings))
 
@@ -82,7 +85,9 @@ async def test_stored_readings_reach_the_city_os_in_order_across_an_outage(
             await server.down()  # the City OS goes away for a while
             for seq in range(6, 11):
                 await gw.publish(TOPIC, _message(seq, 1.0 + seq / 10))
-            await wait_for(lambda: agent.metrics.readings_stored == 20, what="the readings stored meanwhile")
+            await wait_for(
+                lambda: agent.metrics.readings_stored == 21, what="the readings stored meanwhile"
+            )  # with the SOS
             await asyncio.sleep(0.5)
             await server.up()
             await wait_for(
@@ -99,6 +104,9 @@ async def test_stored_readings_reach_the_city_os_in_order_across_an_outage(
         assert "urn:ngsi-ld:Device:" + GAUGE in ids
         crowd = [city.entities("kakogawa")[e] for e in ids if e.startswith("urn:ngsi-ld:CrowdFlowObserved:")]
         assert crowd, "watch tags are counted per zone and hour"
+        sos = [city.entities("kakogawa")[e] for e in ids if e.startswith("urn:ngsi-ld:Alert:sos:")]
+        assert len(sos) == 1, "the tag's SOS went out as an Alert"
+        assert sos[0]["category"]["value"] == "security"
         assert not any(TAG in entity_id for entity_id in ids), "a watch tag never leaves raw"
         assert all(TAG not in str(entity) for _, _, entity in city.updates)
 

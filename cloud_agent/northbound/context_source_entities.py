@@ -34,7 +34,7 @@ __all__ = ["ENTITY_TYPES", "REGISTRY_PAGE", "TYPES_BY_FAMILY", "EntitySource", "
 REGISTRY_PAGE: Final = 200
 """Gateways or devices read from the registry per listing query."""
 
-_COMMON: Final = frozenset({"Device", "DeviceMeasurement"})
+_COMMON: Final = frozenset({"Device", "DeviceMeasurement", "Alert"})
 TYPES_BY_FAMILY: Final[Mapping[Family, frozenset[str]]] = {
     Family.GATEWAY: _COMMON,
     Family.GENERIC: _COMMON,

@@ -12,10 +12,11 @@ into the entity updates the pusher sends (:class:`~cloud_agent.northbound.queue.
 4. a row is deleted from the outbox when all its updates were accepted, or marked dead with the reasons when some
    were refused for good. A message that maps to nothing is settled at once.
 
-Watch-tag sightings never leave raw: they go to a :class:`~cloud_agent.northbound.privacy.CrowdAggregator`, whose
-counts per zone and hour (and what a tag's consent allows it to share, under a pseudonym) are flushed every
-``crowd_flush_s`` as entities of their own. Those counts live in memory: a restart starts the current hour's counts
-afresh (the next flush of that hour overwrites the entity with a lower count until it catches up).
+Watch-tag sightings never leave raw: a tag's readings map to nothing here except an SOS, which leaves as an
+``Alert`` without anything of the tag (:func:`~cloud_agent.northbound.alerts.tag_alerts`). The crowd counts per zone
+and hour (and what a tag's consent allows it to share, under a pseudonym) are recounted from the stored readings by
+:class:`~cloud_agent.northbound.crowd_counts.StoredCrowdCounts` every ``crowd_flush_s`` and staged as entities of
+their own, with no outbox row behind them; a restart recounts them the same way.
 
 The staging is in memory: after a restart the rows still in the outbox are taken again and re-sent (upserts are
 idempotent), so delivery is at least once. Devices, gateways and twins are cached for ``cache_s`` seconds.
@@ -28,9 +29,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cloud_agent.northbound.alerts import tag_alerts
+from cloud_agent.northbound.crowd_counts import StoredCrowdCounts
 from cloud_agent.northbound.entities import Entity
 from cloud_agent.northbound.mapping import entities_for
-from cloud_agent.northbound.privacy import CrowdAggregator, sightings_from
 from cloud_agent.northbound.queue import MemoryQueue, QueuedUpdate, QueueStats
 from device_registry import WATCH_TAG, Device, Gateway, NotFound, Registry, StoredReading
 from kakehashi.log import get_logger
@@ -49,7 +51,7 @@ class RegistryNorthboundSource:
         registry: Registry,
         serialize: Serializer,
         *,
-        crowd: CrowdAggregator | None = None,
+        crowd: StoredCrowdCounts | None = None,
         crowd_flush_s: float = 60.0,
         rows_per_load: int = 32,
         staged_updates: int = 5000,
@@ -117,10 +119,9 @@ class RegistryNorthboundSource:
                 self.refused_readings += len(group)
                 continue
             gateway = await self._entity(group[0].gateway_id)
-            if isinstance(device, Device) and device.kind == WATCH_TAG:
-                if self._crowd is not None:  # only counts per zone and hour leave (and what consent allows)
-                    for sighting in sightings_from(device, group, gateway if isinstance(gateway, Gateway) else None):
-                        self._crowd.add(sighting)
+            if isinstance(device, Device) and device.kind == WATCH_TAG:  # counted from the store; an SOS leaves
+                seen_by = gateway if isinstance(gateway, Gateway) else None
+                documents.extend(self._serialize(alert) for alert in tag_alerts(device, group, seen_by))
                 continue
             settings = await self._twin_settings(device_id)
             for entity in entities_for(
@@ -190,17 +191,21 @@ class RegistryNorthboundSource:
 
     # -- NorthboundSource -----------------------------------------------------------------------------------
 
-    def _flush_crowd(self) -> None:
+    async def _flush_crowd(self) -> None:
         if self._crowd is None or time.monotonic() - self._crowd_flushed < self._crowd_flush_s:
             return
         self._crowd_flushed = time.monotonic()
-        entities = self._crowd.flush(time.time())
+        try:
+            entities = await self._crowd.due(time.time())
+        except Exception as exc:  # the registry is unavailable: recounted at the next flush, nothing is lost
+            log.error("northbound_crowd_counts_failed", error=repr(exc))
+            return
         if entities:
             self._staging.put([self._serialize(entity) for entity in entities])  # derived: no outbox row behind
 
     async def fetch(self, limit: int, per_entity: int = 1) -> list[QueuedUpdate]:
         await self._forget_done()
-        self._flush_crowd()
+        await self._flush_crowd()
         if self._staging.pending < max(limit, self._staged_updates):
             await self._load()
         return await self._staging.fetch(limit, per_entity)

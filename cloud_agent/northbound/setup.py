@@ -1,5 +1,5 @@
 """Building the agent's City OS feed from its ``[northbound]`` settings: HTTP client, OAuth tokens, broker client,
-the registry-backed source and the pusher."""
+the registry-backed source with its stored crowd counts, the pusher, and the City OS side of tag retention."""
 
 from __future__ import annotations
 
@@ -8,17 +8,21 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from cloud_agent.northbound.crowd_counts import StoredCrowdCounts
 from cloud_agent.northbound.entities import Entity, to_ngsi_ld, to_ngsi_v2
 from cloud_agent.northbound.mapping import contexts_for
 from cloud_agent.northbound.ngsi_clients import BrokerClient, NgsiLdClient, NgsiV2Client, tls_verify
 from cloud_agent.northbound.oauth import ClientCredentials, TokenSource, read_secret
-from cloud_agent.northbound.privacy import CrowdAggregator
 from cloud_agent.northbound.pusher import Pusher, PusherSettings
 from cloud_agent.northbound.registry_source import RegistryNorthboundSource
+from cloud_agent.northbound.tag_retention import TagRetention
 from device_registry import Registry
+from kakehashi.log import get_logger
 
 if TYPE_CHECKING:
     from cloud_agent.config import NorthboundSection
+
+log = get_logger(__name__)
 
 
 def _ngsi_ld(entity: Entity) -> dict[str, Any]:
@@ -29,8 +33,9 @@ def _ngsi_v2(entity: Entity) -> dict[str, Any]:
     return dict(to_ngsi_v2(entity))
 
 
-def build_pusher(settings: NorthboundSection, registry: Registry) -> tuple[Pusher, httpx.AsyncClient]:
-    """The pusher for ``settings`` over ``registry``, and the HTTP client to close when the agent stops."""
+def build_pusher(settings: NorthboundSection, registry: Registry) -> tuple[Pusher, TagRetention, httpx.AsyncClient]:
+    """The pusher for ``settings`` over ``registry``, the task deleting tags' pseudonymised Devices at the City OS
+    (run both), and the HTTP client to close when the agent stops."""
     http = httpx.AsyncClient(verify=tls_verify(settings.ca_file), timeout=settings.timeout_s)
     tokens = None
     if settings.token_url:
@@ -53,7 +58,20 @@ def build_pusher(settings: NorthboundSection, registry: Registry) -> tuple[Pushe
         secret = read_secret(settings.pseudonym_secret_file).encode()
     else:
         secret = secrets.token_bytes(32)
-    crowd = CrowdAggregator(secret)
+        log.warning(
+            "northbound_pseudonym_secret_random",
+            detail="no pseudonym_secret_file: consented tags get new pseudonyms at every start, and their Devices "
+            "sent before a restart cannot be found to delete at the City OS; set [northbound] pseudonym_secret_file",
+        )
+    tag_retention_s = settings.tag_retention_h * 3600
+    crowd = StoredCrowdCounts(
+        registry,
+        secret,
+        keep_hours=settings.crowd_keep_hours,
+        min_count=settings.crowd_min_count,
+        sweep_s=settings.crowd_sweep_s,
+        tag_retention_s=tag_retention_s,
+    )
     source = RegistryNorthboundSource(registry, serialize, crowd=crowd, crowd_flush_s=settings.crowd_flush_s)
     pusher = Pusher(
         source,
@@ -65,4 +83,12 @@ def build_pusher(settings: NorthboundSection, registry: Registry) -> tuple[Pushe
             linger_s=settings.linger_s,
         ),
     )
-    return pusher, http
+    retention = TagRetention(
+        registry,
+        client,
+        secret,
+        retention_s=tag_retention_s,
+        period_s=settings.tag_retention_period_s,
+        batch_size=settings.batch_size,
+    )
+    return pusher, retention, http
