@@ -1,6 +1,7 @@
 """Crowd counts from the registry's stored watch-tag readings (SQLite and PostgreSQL): distinct tags per zone and
-hour, the same after a restart and never lower, late sightings corrected, k-anonymity, consent scopes, and no tag id
-in any entity (hypothesis, over real SQLite)."""
+hour, the same after a restart and never lower, a tag without consent not counted, late sightings corrected,
+k-anonymity, consent scopes, and no tag id in any entity and a pseudonymised Device for exactly the sharing tags
+(hypothesis, over real SQLite)."""
 
 from __future__ import annotations
 
@@ -115,6 +116,25 @@ async def test_distinct_counts_per_zone_and_hour_the_same_after_a_restart(regist
     assert counts_of(await restarted.due(now + 120)) == expected
     await seen(registry, "tag-kako-1", "gw-east-a", H0 + HOUR + 700)
     assert counts_of(await restarted.due(now + 180)) == {zone_urn("station-east", H0 + HOUR): 2}
+
+
+async def test_a_tag_without_consent_is_not_even_counted(registry: Registry) -> None:
+    await city(registry)
+    await tag(registry, "tag-kako-0")
+    await registry.create_device(
+        "tag-kako-no",
+        "kakogawa",
+        WATCH_TAG,
+        actor="admin",
+        consent=False,
+        retention=timedelta(days=30),
+        labels={"share": "location,battery"},
+    )
+    await seen(registry, "tag-kako-0", "gw-school", H0 + 10)
+    await seen(registry, "tag-kako-no", "gw-school", H0 + 20, battery=80)  # refused by the registry: not stored
+    entities = await StoredCrowdCounts(registry, SECRET).due(H0 + 600)
+    assert [e.type for e in entities] == ["CrowdFlowObserved"]
+    assert counts_of(entities) == {zone_urn("gw-school", H0): 1}
 
 
 async def test_late_sightings_correct_their_hour_at_the_next_sweep(registry: Registry) -> None:
@@ -264,6 +284,10 @@ async def test_counts_are_the_distinct_tags_and_no_tag_id_ever_leaves(
             check_all(list({e.id: e for e in entities}.values()))
             text = everything(entities)
             assert not any(tag_id in text for tag_id in TAGS)
+            seen_tags = {tag_id for tag_id, *_ in first + second}
+            sharing = {tag_id for tag_id, share in zip(TAGS, shares, strict=True) if share is not None}
+            devices = {e.id for e in entities if e.type == "Device"}
+            assert devices == {tag_urn(Pseudonymiser(SECRET).pseudonym(t)) for t in seen_tags & sharing}
             restarted = await StoredCrowdCounts(registry, SECRET).due(now + 60)
             assert counts_of(restarted) == emitted
         finally:

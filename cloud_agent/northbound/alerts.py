@@ -22,7 +22,7 @@ re-sent message is an idempotent upsert):
 * :func:`tag_alerts` -- a watch tag's ``sos`` flag, *without personal data*: no tag id, no pseudonym, nothing
   derived from either. Only the zone (the seeing gateway's ``zone`` label, else its id, as for crowd counts), the
   seeing gateway's location and the time go out; ``alertSource`` is the seeing gateway's ``Device``. Only a
-  consented, active tag raises one (the rule of :func:`~cloud_agent.northbound.privacy.sightings_from`). Category
+  consented, active tag raises one (the consent rule of :func:`~cloud_agent.northbound.privacy.share_scopes`). Category
   ``security`` (見守り, the watching over of children and elderly residents), severity ``high``, no subCategory
   (none of the schema's fits a call for help). Entity id
   ``urn:ngsi-ld:Alert:sos:<zone, percent-encoded>:<observed epoch ms>``: two SOS in one zone in the same

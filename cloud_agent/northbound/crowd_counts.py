@@ -1,7 +1,7 @@
 """Crowd counts and consented tag pseudonyms computed from the registry's stored watch-tag readings (restart-safe).
 
-The in-memory :class:`~cloud_agent.northbound.privacy.CrowdAggregator` starts afresh when the agent restarts; this
-engine keeps nothing that matters in memory. :meth:`StoredCrowdCounts.due` asks the registry for the number of
+This engine keeps nothing that matters in memory (the consent rules, pseudonyms and entity builders are in
+:mod:`cloud_agent.northbound.privacy`). :meth:`StoredCrowdCounts.due` asks the registry for the number of
 distinct watch tags per zone and hour among the *stored* readings (the registry stores a tag's readings only while
 it is consented and active, and keeps them for the tag's retention period) and returns the entities that changed
 since the last call:
