@@ -47,6 +47,7 @@ __all__ = [
     "RenewalForbidden",
     "TokenRejected",
     "check_gateway_csr",
+    "check_local_broker_csr",
     "enroll",
     "renew",
     "renewal_opens_at",
@@ -151,6 +152,9 @@ class EnrollmentResult:
     not_after: datetime
     renewed: bool
     """True if an earlier certificate of the gateway is still valid beside this one (they overlap)."""
+    local_broker_certificate_pem: str | None = None
+    """The TLS server certificate of the gateway's local broker (for its nodes), when the request asked for one."""
+    local_broker_serial: str | None = None
 
 
 def renewal_opens_at(not_before: datetime, not_after: datetime) -> datetime:
@@ -200,6 +204,23 @@ def check_gateway_csr(csr_pem: str | bytes, gateway_id: str) -> x509.Certificate
         raise CsrRefused(
             f"the CSR's subject CN is {cn!r} but the gateway is {gateway_id!r}: make the CSR for {gateway_id}",
             reason="csr_subject",
+        )
+    return request
+
+
+def check_local_broker_csr(
+    csr_pem: str | bytes, gateway_id: str, client_csr: x509.CertificateSigningRequest
+) -> x509.CertificateSigningRequest:
+    """The local broker's CSR: the same rules as the gateway's (P-256, CN = gateway id), with a key of its own."""
+    try:
+        request = check_gateway_csr(csr_pem, gateway_id)
+    except CsrRefused as exc:
+        raise CsrRefused(f"local broker CSR: {exc.message}", reason=exc.reason) from None
+    if _public_der(request.public_key()) == _public_der(client_csr.public_key()):
+        raise CsrRefused(
+            "the local broker's CSR reuses the gateway's client key: make a separate key for the local broker; "
+            + _REMAKE,
+            reason="csr_key_reused",
         )
     return request
 
@@ -350,6 +371,7 @@ async def _issue_and_record(
     gateway_id: str,
     *,
     renew: bool,
+    local_broker: x509.CertificateSigningRequest | None = None,
 ) -> EnrollmentResult:
     record = await asyncio.to_thread(_issue, authority, request, gateway_id, renew=renew)
     try:
@@ -366,6 +388,9 @@ async def _issue_and_record(
     certificate_pem = await asyncio.to_thread(record.certificate_path.read_text)
     bundle = await asyncio.to_thread(authority.trust_bundle_path.read_text)
     chain = authority.issuing_certificate.public_bytes(serialization.Encoding.PEM).decode()
+    broker: CertRecord | None = None
+    if local_broker is not None:
+        broker = await asyncio.to_thread(_issue_local_broker, authority, local_broker, gateway_id)
     return EnrollmentResult(
         gateway_id=gateway_id,
         certificate_pem=certificate_pem,
@@ -375,7 +400,23 @@ async def _issue_and_record(
         not_before=record.not_before,
         not_after=record.not_after,
         renewed=renew,
+        local_broker_certificate_pem=None if broker is None else broker.certificate_path.read_text(),
+        local_broker_serial=None if broker is None else broker.serial_hex,
     )
+
+
+def _issue_local_broker(
+    authority: CertificateAuthority, request: x509.CertificateSigningRequest, gateway_id: str
+) -> CertRecord:
+    try:
+        return authority.issue_local_broker(request, gateway_id)
+    except PkiError as exc:
+        log.error("enrollment_ca_failure", gateway=gateway_id, detail=exc.message, certificate="local_broker")
+        raise EnrollmentUnavailable(
+            f"the CA could not issue the local broker's certificate ({exc.message}); retry, and tell the operator "
+            "if it persists",
+            reason="ca_failure",
+        ) from None
 
 
 def _now(now: datetime | None) -> datetime:
@@ -392,23 +433,29 @@ async def enroll(
     gateway_id: str,
     token: str,
     csr_pem: str | bytes,
+    local_broker_csr_pem: str | bytes | None = None,
 ) -> EnrollmentResult:
     """Enroll a gateway with its one-time token and the CSR its Pi made; the gateway becomes provisioned.
 
     A gateway that still has a valid certificate (it was wiped and re-enrolls with a fresh token) gets a new one
-    beside it: both stay valid until the old one expires (``renewed`` is True in the result).
+    beside it: both stay valid until the old one expires (``renewed`` is True in the result). With
+    ``local_broker_csr_pem`` (a second key made on the Pi) it also gets its local broker's server certificate
+    (:meth:`~cloud_agent.pki.authority.CertificateAuthority.issue_local_broker`).
     """
     if authority is None:
         raise EnrollmentDisabled("this agent enrolls no gateways (it has no CA configured); use the enrolling agent")
     try:
         gateway_id = _gateway_id(gateway_id)
         request = check_gateway_csr(csr_pem, gateway_id)
+        broker = None
+        if local_broker_csr_pem is not None:
+            broker = check_local_broker_csr(local_broker_csr_pem, gateway_id, request)
         await _consume_token(registry, token, gateway_id)
     except EnrollmentError as exc:
         log.warning("enrollment_refused", gateway=gateway_id, reason=exc.reason, detail=exc.message)
         raise
     renew = await asyncio.to_thread(_has_valid_certificate, authority, gateway_id, _now(None))
-    result = await _issue_and_record(registry, authority, request, gateway_id, renew=renew)
+    result = await _issue_and_record(registry, authority, request, gateway_id, renew=renew, local_broker=broker)
     log.info("gateway_enrolled", gateway=gateway_id, serial=result.serial, not_after=result.not_after.isoformat())
     return result
 
@@ -423,8 +470,11 @@ async def renew(
     signature: str | bytes,
     force: bool = False,
     now: datetime | None = None,
+    local_broker_csr_pem: str | bytes | None = None,
 ) -> EnrollmentResult:
     """Issue a gateway a new certificate over its current one; both stay valid until the current one expires.
+
+    With ``local_broker_csr_pem`` the local broker's server certificate is renewed in the same call.
 
     ``signature`` is the DER ECDSA-SHA256 signature (bytes, or base64 text) over the new CSR's DER encoding, made
     with the current certificate's private key. Without ``force`` the renewal is refused until less than
@@ -449,6 +499,9 @@ async def renew(
                 reason="certificate_wrong_gateway",
             )
         request = check_gateway_csr(csr_pem, gateway_id)
+        broker = None
+        if local_broker_csr_pem is not None:
+            broker = check_local_broker_csr(local_broker_csr_pem, gateway_id, request)
         _verify_possession(current, request, proof)
         await _check_renewable(registry, gateway_id, current)
         if _public_der(request.public_key()) == _public_der(current.public_key()):
@@ -465,7 +518,7 @@ async def renew(
     except EnrollmentError as exc:
         log.warning("renewal_refused", gateway=gateway_id, reason=exc.reason, detail=exc.message)
         raise
-    result = await _issue_and_record(registry, authority, request, gateway_id, renew=True)
+    result = await _issue_and_record(registry, authority, request, gateway_id, renew=True, local_broker=broker)
     await registry.append_audit(
         actor=gateway_id,
         action="certificate.renewed",

@@ -12,6 +12,8 @@ Files in the identity directory (the paths ``gateway.toml`` points at)::
     gateway.crt      0644  the gateway's certificate
     issuing-ca.pem   0644  the issuing CA that signed it
     chain.pem        0644  the fleet trust bundle (issuing + root CA): what the uplink trusts for the cloud broker
+    local-broker.key 0600  with ``local_broker``: the local broker's own key, made on this Pi
+    local-broker.crt 0644  its TLS server certificate (``<gateway id>.local``) followed by the issuing CA
 
 A renewal writes ``gateway.key.new`` and ``gateway.crt.new`` completely before renaming them over the old pair, so
 the old identity stays usable until the new one is on disk; :func:`finish_interrupted_renewal` completes a renewal
@@ -32,10 +34,11 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from kakehashi import keys
 from kakehashi.errors import KakehashiError
-from kakehashi.identity import validate_id
+from kakehashi.identity import local_broker_name, validate_id
 from kakehashi.log import get_logger
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "enroll_gateway",
     "finish_interrupted_renewal",
     "identity_paths",
+    "local_broker_paths",
     "renew_gateway",
 ]
 
@@ -53,6 +57,8 @@ KEY_FILE: Final = "gateway.key"
 CERT_FILE: Final = "gateway.crt"
 CHAIN_FILE: Final = "issuing-ca.pem"
 TRUST_FILE: Final = "chain.pem"
+LOCAL_BROKER_KEY_FILE: Final = "local-broker.key"
+LOCAL_BROKER_CERT_FILE: Final = "local-broker.crt"
 NEW_SUFFIX: Final = ".new"
 TIMEOUT_S: Final = 30.0
 
@@ -74,6 +80,12 @@ class GatewayIdentity:
     trust_bundle: Path
     serial: str
     not_after: datetime
+    local_broker_serial: str | None = None
+
+
+def local_broker_paths(directory: Path) -> tuple[Path, Path]:
+    """``(key, certificate)`` of the local broker's TLS server identity in ``directory``."""
+    return directory / LOCAL_BROKER_KEY_FILE, directory / LOCAL_BROKER_CERT_FILE
 
 
 def identity_paths(directory: Path) -> tuple[Path, Path, Path, Path]:
@@ -175,9 +187,51 @@ class _Bundle:
     trust_bundle: bytes
     serial: str
     not_after: datetime
+    local_broker: bytes | None = None
+    local_broker_serial: str | None = None
 
 
-def _check_answer(answer: dict[str, Any], key: ec.EllipticCurvePrivateKey, gateway_id: str) -> _Bundle:
+def _same_key(certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bool:
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    encoding = serialization.Encoding.DER
+    return certificate.public_key().public_bytes(encoding, public) == key.public_key().public_bytes(encoding, public)
+
+
+def _check_local_broker(answer: dict[str, Any], key: ec.EllipticCurvePrivateKey, gateway_id: str) -> x509.Certificate:
+    """The local broker's certificate must be for its own key and name ``<gateway>.local`` for server use."""
+    text = answer.get("local_broker_certificate_pem")
+    try:
+        if not isinstance(text, str):
+            raise ValueError("missing")
+        certificate = x509.load_pem_x509_certificate(text.encode())
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except (ValueError, x509.ExtensionNotFound):
+        raise GatewayEnrollmentError(
+            "the agent's answer lacks a usable local broker certificate (is the agent older than this gateway?); "
+            "nothing was installed",
+            reason="bad_response",
+        ) from None
+    expected = local_broker_name(gateway_id)
+    if (
+        not _same_key(certificate, key)
+        or expected not in names.get_values_for_type(x509.DNSName)
+        or ExtendedKeyUsageOID.SERVER_AUTH not in usages
+    ):
+        raise GatewayEnrollmentError(
+            f"the agent returned a local broker certificate that is not for this key, {expected} and server use; "
+            "nothing was installed",
+            reason="bad_response",
+        )
+    return certificate
+
+
+def _check_answer(
+    answer: dict[str, Any],
+    key: ec.EllipticCurvePrivateKey,
+    gateway_id: str,
+    broker_key: ec.EllipticCurvePrivateKey | None = None,
+) -> _Bundle:
     """The certificate must be for this id and this key, so that a confused agent cannot break the Pi."""
     try:
         texts = [answer[name] for name in ("certificate_pem", "chain_pem", "trust_bundle_pem")]
@@ -190,9 +244,7 @@ def _check_answer(answer: dict[str, Any], key: ec.EllipticCurvePrivateKey, gatew
         raise GatewayEnrollmentError(
             "the agent's answer lacks a readable certificate, chain or trust bundle", reason="bad_response"
         ) from None
-    public = serialization.PublicFormat.SubjectPublicKeyInfo
-    encoding = serialization.Encoding.DER
-    if certificate.public_key().public_bytes(encoding, public) != key.public_key().public_bytes(encoding, public):
+    if not _same_key(certificate, key):
         raise GatewayEnrollmentError(
             "the agent returned a certificate for another key; nothing was installed", reason="bad_response"
         )
@@ -202,18 +254,38 @@ def _check_answer(answer: dict[str, Any], key: ec.EllipticCurvePrivateKey, gatew
             f"the agent returned a certificate for {names}, not {gateway_id}; nothing was installed",
             reason="bad_response",
         )
+    broker_pem: bytes | None = None
+    broker_serial: str | None = None
+    if broker_key is not None:
+        broker = _check_local_broker(answer, broker_key, gateway_id)
+        # the server presents its chain: nodes hold only the root CA
+        broker_pem = broker.public_bytes(serialization.Encoding.PEM) + texts[1].encode()
+        broker_serial = format(broker.serial_number, "x")
     return _Bundle(
         texts[0].encode(),
         texts[1].encode(),
         texts[2].encode(),
         format(certificate.serial_number, "x"),
         certificate.not_valid_after_utc,
+        broker_pem,
+        broker_serial,
     )
 
 
 def _identity(directory: Path, bundle: _Bundle) -> GatewayIdentity:
     key, cert, chain, trust = identity_paths(directory)
-    return GatewayIdentity(key, cert, chain, trust, bundle.serial, bundle.not_after)
+    return GatewayIdentity(key, cert, chain, trust, bundle.serial, bundle.not_after, bundle.local_broker_serial)
+
+
+def _write_local_broker(directory: Path, key: ec.EllipticCurvePrivateKey | None, bundle: _Bundle) -> None:
+    """Install the local broker's key and certificate (key first, each written whole and renamed into place)."""
+    if key is None or bundle.local_broker is None:
+        return
+    key_path, cert_path = local_broker_paths(directory)
+    keys.write_secret_file(_pending(key_path), keys.private_key_pem(key))
+    keys.write_public_file(_pending(cert_path), bundle.local_broker)
+    os.replace(_pending(key_path), key_path)
+    os.replace(_pending(cert_path), cert_path)
 
 
 # ---------------------------------------------------------------------------------------------- the two calls
@@ -226,12 +298,15 @@ async def enroll_gateway(
     token: str,
     out_dir: Path,
     *,
+    local_broker: bool = False,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> GatewayIdentity:
     """Make a key on this Pi, enroll with the one-time ``token``, and install the identity in ``out_dir``.
 
     ``ca_bundle`` verifies the agent's HTTPS certificate (None: the system's trusted CAs). An identity already in
-    ``out_dir`` is never overwritten: renew it with :func:`renew_gateway`, or move it away to enroll afresh.
+    ``out_dir`` is never overwritten: renew it with :func:`renew_gateway`, or move it away to enroll afresh. With
+    ``local_broker`` a second key is made for the local broker of the nodes and its server certificate requested
+    in the same call (``local-broker.key``, ``local-broker.crt``).
     """
     validate_id(gateway_id)
     url = _endpoint(agent_url, "/v1/enroll")
@@ -249,8 +324,13 @@ async def enroll_gateway(
         raise GatewayEnrollmentError(f"cannot create {out_dir}: {exc.strerror}", reason="file") from None
     key = keys.generate_private_key()
     csr = keys.make_csr(key, gateway_id).decode()
-    answer = await _post(url, {"gateway_id": gateway_id, "token": token, "csr_pem": csr}, ca_bundle, transport)
-    bundle = _check_answer(answer, key, gateway_id)
+    body = {"gateway_id": gateway_id, "token": token, "csr_pem": csr}
+    broker_key = keys.generate_private_key() if local_broker else None
+    if broker_key is not None:
+        body["local_broker_csr_pem"] = keys.make_csr(broker_key, gateway_id).decode()
+    answer = await _post(url, body, ca_bundle, transport)
+    bundle = _check_answer(answer, key, gateway_id, broker_key)
+    _write_local_broker(out_dir, broker_key, bundle)
     keys.write_private_key(key_path, key)
     keys.write_public_file(trust_path, bundle.trust_bundle)
     keys.write_public_file(chain_path, bundle.chain)
@@ -309,9 +389,13 @@ async def renew_gateway(
     identity_dir: Path,
     *,
     force: bool = False,
+    local_broker: bool | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> GatewayIdentity:
-    """Renew the certificate in ``identity_dir`` with a new key; the old pair stays until the new one is written."""
+    """Renew the certificate in ``identity_dir`` with a new key; the old pair stays until the new one is written.
+
+    The local broker's certificate is renewed too (new key) when ``local_broker`` is True, or when it is None and
+    the directory holds one."""
     validate_id(gateway_id)
     url = _endpoint(agent_url, "/v1/enroll/renew")
     identity_dir = Path(identity_dir)
@@ -328,13 +412,19 @@ async def renew_gateway(
         "signature": base64.b64encode(signature).decode(),
         "force": force,
     }
+    if local_broker is None:
+        local_broker = local_broker_paths(identity_dir)[1].exists()
+    broker_key = keys.generate_private_key() if local_broker else None
+    if broker_key is not None:
+        body["local_broker_csr_pem"] = keys.make_csr(broker_key, gateway_id).decode()
     answer = await _post(url, body, ca_bundle, transport)
-    bundle = _check_answer(answer, new_key, gateway_id)
+    bundle = _check_answer(answer, new_key, gateway_id, broker_key)
     key_path, cert_path, chain_path, trust_path = identity_paths(identity_dir)
     keys.write_secret_file(_pending(key_path), keys.private_key_pem(new_key))
     keys.write_public_file(_pending(cert_path), bundle.certificate)
     keys.write_public_file(trust_path, bundle.trust_bundle)
     keys.write_public_file(chain_path, bundle.chain)
     _swap_pending(identity_dir)
+    _write_local_broker(identity_dir, broker_key, bundle)
     log.info("gateway_renewed", gateway=gateway_id, serial=bundle.serial, not_after=bundle.not_after.isoformat())
     return _identity(identity_dir, bundle)

@@ -14,6 +14,8 @@ from kakehashi.errors import KakehashiError
 
 ID_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 SAN_URI_PREFIX = "urn:kakehashi:"
+LOCAL_BROKER_SUFFIX = ".local"
+"""A gateway's local broker answers to ``<gateway id>.local`` (the one name on its server certificate)."""
 
 
 class Role(enum.StrEnum):
@@ -38,6 +40,11 @@ def validate_id(value: str) -> str:
             "letter or digit (for example gw-kakogawa-0012)"
         )
     return value
+
+
+def local_broker_name(gateway_id: str) -> str:
+    """The host name on the server certificate of ``gateway_id``'s local broker, which its nodes verify."""
+    return validate_id(gateway_id) + LOCAL_BROKER_SUFFIX
 
 
 def parse_role(value: str) -> Role:

@@ -21,6 +21,10 @@ MAX_PEM: Final = 16 * 1024
 MAX_TOKEN: Final = 256
 GatewayId = Annotated[str, Field(min_length=1, max_length=63, examples=["gw-kakogawa-0012"])]
 Pem = Annotated[str, Field(min_length=1, max_length=MAX_PEM)]
+LOCAL_BROKER_CSR: Final = (
+    "optional PEM CSR for the local broker's TLS server certificate: a second ECDSA P-256 key made on the Pi, "
+    "subject CN = gateway id; the certificate names <gateway id>.local"
+)
 
 
 class EnrollRequest(BaseModel):
@@ -31,6 +35,7 @@ class EnrollRequest(BaseModel):
     gateway_id: GatewayId
     token: Annotated[str, Field(min_length=1, max_length=MAX_TOKEN, description="the one-time enrollment token")]
     csr_pem: Annotated[Pem, Field(description="PEM CSR: ECDSA P-256 key made on the Pi, subject CN = gateway id")]
+    local_broker_csr_pem: Annotated[Pem | None, Field(description=LOCAL_BROKER_CSR)] = None
 
 
 class RenewRequest(BaseModel):
@@ -50,6 +55,7 @@ class RenewRequest(BaseModel):
         ),
     ]
     force: Annotated[bool, Field(description="renew even before the renewal window opens")] = False
+    local_broker_csr_pem: Annotated[Pem | None, Field(description=LOCAL_BROKER_CSR)] = None
 
 
 class CertificateBundle(BaseModel):
@@ -63,6 +69,10 @@ class CertificateBundle(BaseModel):
     not_before: datetime
     not_after: datetime
     renewed: bool = Field(description="an earlier certificate stays valid beside this one until it expires")
+    local_broker_certificate_pem: str | None = Field(
+        default=None, description="the local broker's server certificate (when local_broker_csr_pem was sent)"
+    )
+    local_broker_serial: str | None = None
 
     @classmethod
     def of(cls, result: enrollment.EnrollmentResult) -> CertificateBundle:
@@ -75,6 +85,8 @@ class CertificateBundle(BaseModel):
             not_before=result.not_before,
             not_after=result.not_after,
             renewed=result.renewed,
+            local_broker_certificate_pem=result.local_broker_certificate_pem,
+            local_broker_serial=result.local_broker_serial,
         )
 
 
@@ -97,7 +109,12 @@ def router(runtime: AgentRuntime) -> APIRouter:
     )
     async def enroll_gateway(body: EnrollRequest) -> CertificateBundle:
         result = await enrollment.enroll(
-            runtime.registry, runtime.authority, gateway_id=body.gateway_id, token=body.token, csr_pem=body.csr_pem
+            runtime.registry,
+            runtime.authority,
+            gateway_id=body.gateway_id,
+            token=body.token,
+            csr_pem=body.csr_pem,
+            local_broker_csr_pem=body.local_broker_csr_pem,
         )
         return CertificateBundle.of(result)
 
@@ -120,6 +137,7 @@ def router(runtime: AgentRuntime) -> APIRouter:
             certificate_pem=body.certificate_pem,
             signature=body.signature,
             force=body.force,
+            local_broker_csr_pem=body.local_broker_csr_pem,
         )
         return CertificateBundle.of(result)
 

@@ -23,7 +23,7 @@ from cloud_agent.pki.policy import DEFAULT_POLICY, ValidityPolicy
 from cloud_agent.pki.records import CertRecord, Kind
 from cloud_agent.pki.verify import verify_client_certificate
 from kakehashi.errors import KakehashiError
-from kakehashi.identity import Role, parse_role, validate_id
+from kakehashi.identity import Role, local_broker_name, parse_role, validate_id
 from kakehashi.keys import generate_private_key, write_public_file
 from kakehashi.log import get_logger
 
@@ -203,17 +203,42 @@ class CertificateAuthority:
         Re-issuing for the same name is allowed; the name must not belong to a gateway or node.
         """
         _check_id(name)
-        names = build.host_names(hostnames)
-        request = check_csr(csr, name)
+        return self._issue_tls_server(csr, name, Role.SERVICE, build.host_names(hostnames), now)
+
+    def issue_local_broker(
+        self, csr: bytes | x509.CertificateSigningRequest, gateway_id: str, *, now: datetime | None = None
+    ) -> CertRecord:
+        """Issue the TLS server certificate of ``gateway_id``'s local broker (the one its nodes connect to).
+
+        The CSR's CN must be the gateway id (a key made on the Pi for this purpose, not the gateway's client key).
+        The certificate carries serverAuth only, the SAN URI ``urn:kakehashi:gateway:<id>`` and the one DNS name
+        ``<id>.local``: the names come from the id, never from the request, so a gateway cannot obtain a
+        certificate for the cloud broker's or the agent's name. It is recorded as the gateway's ``server``
+        certificate, so revoking the gateway revokes it too.
+        """
+        _check_id(gateway_id)
+        names = build.host_names([local_broker_name(gateway_id)])
+        return self._issue_tls_server(csr, gateway_id, Role.GATEWAY, names, now)
+
+    def _issue_tls_server(
+        self,
+        csr: bytes | x509.CertificateSigningRequest,
+        identity: str,
+        role: Role,
+        names: Sequence[x509.GeneralName],
+        now: datetime | None,
+    ) -> CertRecord:
+        """A serverAuth certificate for ``identity`` (CSR CN = identity) in ``role``, answering on ``names``."""
+        request = check_csr(csr, identity)
         start, end = self._validity(_utc(now), self._policy.tls_server, None, None)
         with store.locked(self._layout):
             index = store.load_index(self._layout)
-            self._check_role(index, name, Role.SERVICE)
+            self._check_role(index, identity, role)
             return self._sign_and_record(
                 index,
                 request,
-                identity=name,
-                role=Role.SERVICE,
+                identity=identity,
+                role=role,
                 kind="server",
                 not_before=start,
                 not_after=end,
