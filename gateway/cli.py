@@ -74,6 +74,13 @@ def outbox(config_path: Path, as_json: bool) -> None:
 @click.option("--systemd-dir", type=click.Path(path_type=Path), default=Path("/etc/systemd/system"), show_default=True)
 @click.option("--no-systemd", is_flag=True, help="Do not install the systemd unit.")
 @click.option("--force", is_flag=True, help="Move an existing config and identity aside and provision anew.")
+@click.option(
+    "--local-broker-host",
+    default="0.0.0.0",
+    show_default=True,
+    help="Address the nodes' local broker listens on (this Pi's LAN address, or 0.0.0.0 for all).",
+)
+@click.option("--local-broker-port", default=8884, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def provision_command(
     token: str,
@@ -86,9 +93,11 @@ def provision_command(
     systemd_dir: Path,
     no_systemd: bool,
     force: bool,
+    local_broker_host: str,
+    local_broker_port: int,
     as_json: bool,
 ) -> None:
-    """Make the key here, enroll with the one-time token, write gateway.toml, install the systemd unit."""
+    """Make the keys here, enroll with the one-time token, write gateway.toml, install the systemd units."""
     from gateway.provision import ProvisionRequest, provision
 
     request = ProvisionRequest(
@@ -102,6 +111,8 @@ def provision_command(
         systemd_dir=systemd_dir,
         systemd=not no_systemd,
         force=force,
+        local_broker_host=local_broker_host,
+        local_broker_port=local_broker_port,
     )
     result = asyncio.run(provision(request, ui.progress))
     if as_json:

@@ -7,7 +7,7 @@ this module composes them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -18,7 +18,10 @@ from gateway.sources.nodes import NodesSourceConfig
 from gateway.sources.synthetic import SyntheticSourceConfig
 from kakehashi.config_errors import config_error, read_toml
 from kakehashi.fields import Identifier
+from kakehashi.identity import local_broker_name
 from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
+
+CRL_FILE = "fleet-crl.der"
 
 HINTS = {
     "gateway.id": "the gateway's id as enrolled, e.g. gw-kakogawa-0012",
@@ -63,6 +66,22 @@ class OutboxSection(_Strict):
         return int(self.budget_mb * 1024 * 1024)
 
 
+class LocalBrokerSection(_Strict):
+    """``[local_broker]``: the Mosquitto of this gateway's nodes, run from the enrollment material
+    (``kakehashi broker run --config gateway.toml``, :mod:`gateway.local_broker`)."""
+
+    host: str = Field(default="0.0.0.0", description="listen address: the Pi's LAN address, or 0.0.0.0 for all")
+    port: int = Field(default=8884, ge=1, le=65535, description="TLS port the nodes connect to")
+    cert_file: Path = Field(description="the local broker's server certificate (local-broker.crt from provisioning)")
+    key_file: Path = Field(description="its private key (local-broker.key, made on this Pi)")
+    run_dir: Path = Field(default=Path("/var/lib/kakehashi/local-broker"), description="Mosquitto's files")
+    stale_crl: Literal["open", "closed"] = Field(
+        default="open",
+        description="when the fleet CRL is past its nextUpdate: open = run without it (nodes keep reporting, "
+        "revocations are not enforced), closed = keep it (Mosquitto then refuses every node)",
+    )
+
+
 class SourcesSection(_Strict):
     modbus: ModbusSourceConfig | None = None
     ble: BleSourceConfig | None = None
@@ -76,10 +95,24 @@ class GatewayConfig(_Strict):
     uplink: UplinkSection
     outbox: OutboxSection = Field(default_factory=OutboxSection)
     sources: SourcesSection = Field(default_factory=SourcesSection)
+    local_broker: LocalBrokerSection | None = None
 
     @property
     def outbox_path(self) -> Path:
         return self.gateway.data_dir / "outbox.db"
+
+    def nodes_server_hostname(self) -> str | None:
+        """The name the node relay verifies on the local broker's certificate: ``[sources.nodes]
+        server_hostname``, else ``<gateway id>.local`` when this gateway runs its ``[local_broker]``."""
+        nodes = self.sources.nodes
+        if nodes is not None and nodes.server_hostname:
+            return nodes.server_hostname
+        return local_broker_name(self.gateway.id) if self.local_broker is not None else None
+
+    @property
+    def crl_path(self) -> Path:
+        """The fleet CRL the agent publishes on ``down/crl``, as the gateway stored it (DER)."""
+        return self.gateway.data_dir / CRL_FILE
 
 
 def _resolve(base: Path, doc: dict[str, Any]) -> None:
@@ -89,6 +122,7 @@ def _resolve(base: Path, doc: dict[str, Any]) -> None:
     sections = [
         ("gateway", ("data_dir",), doc.get("gateway")),
         ("uplink", ("ca_file", "cert_file", "key_file"), doc.get("uplink")),
+        ("local_broker", ("cert_file", "key_file", "run_dir"), doc.get("local_broker")),
     ]
     sections.append(("sources.nodes", ("ca_file", "cert_file", "key_file"), nodes))
     lpwa = sources.get("lpwa") if isinstance(sources, dict) else None

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Final
 
 from gateway.node_files import NodeIdentity
 from kakehashi import keys, wire
-from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
+from kakehashi.mqtt import BrokerEndpoint, TlsIdentity, client_tls_context
 from kakehashi.mqtt_link import LinkError, MqttLink
 
 __all__ = ["FirstReportWatch", "WatchError"]
@@ -34,28 +33,6 @@ RETRY_S: Final = 0.5
 
 class WatchError(LinkError):
     reason = "watch"
-
-
-class _NamedContext(ssl.SSLContext):
-    """A client context that verifies ``expected_name`` whatever address the connection goes to (like the node's
-    ``server_hostname`` setting)."""
-
-    expected_name = ""
-
-    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:
-        kwargs["server_hostname"] = self.expected_name
-        return super().wrap_socket(sock, *args, **kwargs)
-
-
-def _context(identity: TlsIdentity, server_hostname: str) -> ssl.SSLContext:
-    context = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.expected_name = server_hostname
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.check_hostname = True
-    context.load_verify_locations(cafile=str(identity.ca_file))
-    context.load_cert_chain(str(identity.cert_file), str(identity.key_file))
-    return context
 
 
 class FirstReportWatch:
@@ -81,7 +58,7 @@ class FirstReportWatch:
 
     async def __aenter__(self) -> FirstReportWatch:
         files = self._files()
-        tls = _context(files, self.server_hostname) if self.server_hostname else None
+        tls = client_tls_context(files, self.server_hostname)
         deadline = time.monotonic() + self.connect_s
         last = ""
         while True:

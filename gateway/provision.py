@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from gateway.enrollment import enroll_gateway, identity_paths
+from gateway.enrollment import enroll_gateway, identity_paths, local_broker_paths
 from gateway.provision_config import config_document, validate_document, write_config
 from gateway.provision_systemd import SYSTEM_UNIT_DIR, UnitOutcome, install_unit
 from kakehashi.errors import KakehashiError
-from kakehashi.identity import validate_id
+from kakehashi.identity import local_broker_name, validate_id
 from kakehashi.log import get_logger
 
 __all__ = ["ProvisionError", "ProvisionRequest", "ProvisionResult", "parse_broker", "provision"]
@@ -35,6 +35,7 @@ log = get_logger(__name__)
 
 SERVICE_USER: Final = "kakehashi"
 DEFAULT_BROKER_PORT: Final = 8883
+DEFAULT_LOCAL_BROKER_PORT: Final = 8884
 
 Progress = Callable[[str], None]
 
@@ -59,6 +60,8 @@ class ProvisionRequest:
     systemd_dir: Path = SYSTEM_UNIT_DIR
     systemd: bool = True
     force: bool = False
+    local_broker_host: str = "0.0.0.0"  # the nodes reach it over the site's LAN
+    local_broker_port: int = DEFAULT_LOCAL_BROKER_PORT
 
     @property
     def config_path(self) -> Path:
@@ -71,6 +74,10 @@ class ProvisionRequest:
     @property
     def gateway_data_dir(self) -> Path:
         return self.data_dir / "gateway"
+
+    @property
+    def local_broker_dir(self) -> Path:
+        return self.data_dir / "local-broker"
 
 
 @dataclass
@@ -126,7 +133,7 @@ def _stamp() -> str:
 
 
 def _existing_identity(directory: Path) -> list[Path]:
-    return [path for path in identity_paths(directory) if path.exists()]
+    return [path for path in (*identity_paths(directory), *local_broker_paths(directory)) if path.exists()]
 
 
 def _move_aside(request: ProvisionRequest) -> tuple[list[Path], Path | None]:
@@ -171,7 +178,14 @@ def _hand_to_service_user(request: ProvisionRequest) -> str | None:
         entry = pwd.getpwnam(SERVICE_USER)
     except KeyError:
         return None
-    paths = [request.identity_dir, *identity_paths(request.identity_dir), request.data_dir, request.gateway_data_dir]
+    paths = [
+        request.identity_dir,
+        *identity_paths(request.identity_dir),
+        *local_broker_paths(request.identity_dir),
+        request.data_dir,
+        request.gateway_data_dir,
+        request.local_broker_dir,
+    ]
     for path in paths:
         if path.exists():
             os.chown(path, entry.pw_uid, entry.pw_gid)
@@ -187,6 +201,10 @@ def _next_steps(request: ProvisionRequest, unit: UnitOutcome | None, owner: str 
         )
     if unit is not None:
         steps.extend(unit.commands)
+    if unit is not None:
+        steps.append("systemctl start kakehashi-local-broker   (the nodes' broker)")
+    else:
+        steps.append(f"kakehashi broker run --config {request.config_path}   (the nodes' broker)")
     steps.append(f"kakehashi gateway selftest --config {request.config_path}")
     if unit is not None:
         steps.append("systemctl start kakehashi-gateway   (once the self-test passes)")
@@ -204,27 +222,44 @@ async def provision(request: ProvisionRequest, progress: Progress) -> ProvisionR
         raise ProvisionError(f"--agent {request.agent_url!r} must start with https://")
     host, port = parse_broker(request.broker, request.agent_url)
     _check_not_overwriting(request)
-    doc = config_document(request.gateway_id, request.identity_dir, request.gateway_data_dir, host, port)
+    doc = config_document(
+        request.gateway_id,
+        request.identity_dir,
+        request.gateway_data_dir,
+        host,
+        port,
+        (request.local_broker_host, request.local_broker_port),
+        request.local_broker_dir,
+    )
     validate_document(doc, request.config_path)
     progress(f"checked: config for {request.gateway_id} with broker {host}:{port}")
 
     try:
         request.config_dir.mkdir(parents=True, exist_ok=True)
         request.gateway_data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        request.local_broker_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise ProvisionError(f"cannot create {exc.filename}: {exc.strerror}") from None
     moved, backup = _move_aside(request) if request.force else ([], None)
     progress(f"making a key here and enrolling {request.gateway_id} at {request.agent_url}")
     try:
         identity = await enroll_gateway(
-            request.agent_url, request.ca_bundle, request.gateway_id, request.token, request.identity_dir
+            request.agent_url,
+            request.ca_bundle,
+            request.gateway_id,
+            request.token,
+            request.identity_dir,
+            local_broker=True,
         )
     except BaseException:
         if backup is not None:
             _restore(backup, request.identity_dir)
             log.warning("identity_restored", directory=str(request.identity_dir))
         raise
-    progress(f"enrolled: certificate {identity.serial} valid until {identity.not_after:%Y-%m-%d}")
+    progress(
+        f"enrolled: certificate {identity.serial} valid until {identity.not_after:%Y-%m-%d}; local broker "
+        f"certificate {identity.local_broker_serial} for {local_broker_name(request.gateway_id)}"
+    )
 
     if request.config_path.exists():
         aside = request.config_path.with_name(f"{request.config_path.name}.replaced-{_stamp()}")

@@ -14,24 +14,32 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import GatewayConfig, load_config, parse_config
-from gateway.enrollment import identity_paths
+from gateway.enrollment import identity_paths, local_broker_paths
 from kakehashi import keys
 
 __all__ = ["config_document", "render_toml", "validate_document", "write_config"]
 
 HEADER = (
     "# Kakehashi gateway configuration, written by `kakehashi gateway provision`.\n"
-    "# Add sources under [sources...] (see docs/gateway.md);\n"
+    "# Add sources under [sources...] (see docs/gateway.md); bind nodes in [sources.nodes]\n"
+    "# (the local broker's ACL follows within a second);\n"
     "# check it with `kakehashi gateway selftest --config <this file>`.\n"
 )
 
 
 def config_document(
-    gateway_id: str, identity_dir: Path, data_dir: Path, broker_host: str, broker_port: int
+    gateway_id: str,
+    identity_dir: Path,
+    data_dir: Path,
+    broker_host: str,
+    broker_port: int,
+    local_broker: tuple[str, int] | None = None,
+    local_broker_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """The configuration of a freshly provisioned gateway: its id, the cloud broker, and the enrolled identity."""
+    """The configuration of a freshly provisioned gateway: its id, the cloud broker, the enrolled identity, and
+    (``local_broker`` = listen address and port) the local broker of its nodes with its own certificate."""
     key, cert, _chain, trust = identity_paths(identity_dir)
-    return {
+    doc: dict[str, Any] = {
         "gateway": {"id": gateway_id, "data_dir": str(data_dir)},
         "uplink": {
             "host": broker_host,
@@ -42,6 +50,16 @@ def config_document(
         },
         "outbox": {"budget_mb": 256},
     }
+    if local_broker is not None:
+        broker_key, broker_cert = local_broker_paths(identity_dir)
+        doc["local_broker"] = {
+            "host": local_broker[0],
+            "port": local_broker[1],
+            "cert_file": str(broker_cert),
+            "key_file": str(broker_key),
+            "run_dir": str(local_broker_dir or data_dir.parent / "local-broker"),
+        }
+    return doc
 
 
 def _value(value: Any) -> str:

@@ -1,10 +1,11 @@
 """``kakehashi gateway selftest``: a pass/fail checklist of everything the gateway needs on site.
 
 In order: the config loads; the identity (files, key, dates, chain); the clock; the cloud broker over mutual TLS;
-the nodes' local broker; each source's hardware; the disk for the outbox budget; the outbox itself. A config that
-does not load stops the list there (nothing else can be checked). Each check reports progress as it starts, and
-every check that does not pass names the next step. The self-test only reads: it changes no file, holds no broker
-session, and does not poll a serial bus the running gateway owns.
+the nodes' local broker (its connection with a probe round trip, its certificate and its policy); each source's
+hardware; the disk for the outbox budget; the outbox itself. A config that does not load stops the list there
+(nothing else can be checked). Each check reports progress as it starts, and every check that does not pass names
+the next step. The self-test changes no file, holds no broker session, and does not poll a serial bus the running
+gateway owns; its only message is one probe on its own topic of the local broker.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from gateway.config import load_config
 from gateway.selftest_brokers import broker_check, nodes_broker_check
 from gateway.selftest_identity import identity_checks
+from gateway.selftest_local_broker import local_broker_checks
 from gateway.selftest_model import Check, Status
 from gateway.selftest_sources import source_checks
 from gateway.selftest_system import clock_check, disk_check, outbox_check
@@ -45,6 +47,7 @@ async def run_selftest(config_path: Path, progress: Progress) -> list[Check]:
     nodes = await nodes_broker_check(config)
     if nodes is not None:
         checks.append(nodes)
+    checks.extend(local_broker_checks(config))
     progress("sources")
     checks.extend(await source_checks(config))
     progress("disk and outbox")

@@ -117,8 +117,7 @@ def _names(certificate: x509.Certificate, gateway_id: str) -> Check:
     return Check.ok("certificate identity", f"CN={gateway_id}")
 
 
-def _dates(certificate: x509.Certificate, now: datetime) -> Check:
-    name = "certificate dates"
+def _dates(certificate: x509.Certificate, now: datetime, name: str = "certificate dates") -> Check:
     until = certificate.not_valid_after_utc
     if now < certificate.not_valid_before_utc:
         return Check.failed(

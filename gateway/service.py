@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.commands.assemble import open_executor
 from gateway.commands.executor import CommandExecutor
 from gateway.config import GatewayConfig
+from gateway.fleet_crl import CrlError, store_crl
 from gateway.health import base_health
 from gateway.intake import Intake
 from gateway.outbox import Outbox
@@ -60,7 +61,13 @@ def build_sources(config: GatewayConfig) -> list[Source]:
         from gateway.sources.nodes import build_nodes_source
 
         sources.append(
-            build_nodes_source(section.nodes, config.gateway.id, config.uplink.identity(), config.gateway.data_dir)
+            build_nodes_source(
+                section.nodes,
+                config.gateway.id,
+                config.uplink.identity(),
+                config.gateway.data_dir,
+                config.nodes_server_hostname(),
+            )
         )
     for synthetic in section.synthetic:
         from gateway.sources.synthetic import SyntheticSource
@@ -109,10 +116,10 @@ class Gateway:
         elif channel is wire.Channel.COMMANDS:
             await self.commands.handle(payload)
         elif channel is wire.Channel.CRL:
-            crl = wire.decode_crl(payload)
-            path = self.config.gateway.data_dir / "fleet-crl.der"
-            path.write_bytes(crl)
-            log.info("crl_stored", path=str(path), bytes=len(crl))
+            try:
+                store_crl(wire.decode_crl(payload), self.config.crl_path, self.config.uplink.ca_file)
+            except CrlError as exc:  # acknowledged anyway: a redelivery would be refused the same way
+                log.warning("crl_refused", reason=exc.message)
 
 
 def _node_settings(sources: list[Source]) -> NodeSettingsRelay | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -34,9 +35,28 @@ class BrokerEndpoint:
     port: int
 
 
-def client_tls_context(identity: TlsIdentity) -> ssl.SSLContext:
-    """A client TLS context that verifies the broker and presents ``identity``'s certificate."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+class _NamedContext(ssl.SSLContext):
+    """A client context that verifies ``expected_name`` whatever address the connection goes to (a node's
+    ``server_hostname`` setting: the local broker is reached by IP but its certificate names ``<gateway>.local``)."""
+
+    expected_name = ""
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["server_hostname"] = self.expected_name
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+def client_tls_context(identity: TlsIdentity, server_hostname: str | None = None) -> ssl.SSLContext:
+    """A client TLS context that verifies the broker and presents ``identity``'s certificate.
+
+    The broker's certificate must name the host connected to, or ``server_hostname`` when given."""
+    context: ssl.SSLContext
+    if server_hostname:
+        named = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)
+        named.expected_name = server_hostname
+        context = named
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED

@@ -25,7 +25,7 @@ from kakehashi import keys
 from kakehashi.identity import Role
 from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
 
-__all__ = ["Collector", "RunningBroker", "free_port", "make_identity", "start_broker"]
+__all__ = ["Collector", "RunningBroker", "free_port", "make_identity", "start_broker", "start_local_broker"]
 
 KAKEHASHI = [sys.executable, "-m", "kakehashi"]
 
@@ -101,6 +101,27 @@ class RunningBroker:
         return self.output.read_text(errors="replace")
 
 
+def _spawn_until_ready(args: list[str], output: Path, ready_timeout: float) -> subprocess.Popen[bytes] | None:
+    """Run ``kakehashi <args>`` with its output in ``output``; the process once it printed its ready line, else
+    None (it was killed; its output says why)."""
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [*KAKEHASHI, "--log-level", "INFO", *args],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if b"broker ready on" in output.read_bytes():
+            return process
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        process.kill()
+    process.wait()
+    return None
+
+
 def start_broker(
     pki_dir: Path,
     rundir: Path,
@@ -116,35 +137,24 @@ def start_broker(
     for _ in range(attempts if fixed is None else 1):
         port = fixed or free_port()
         output = rundir.parent / f"{rundir.name}-{port}.out"
-        with output.open("wb") as sink:
-            process = subprocess.Popen(
-                [
-                    *KAKEHASHI,
-                    "--log-level",
-                    "INFO",
-                    "broker",
-                    "run",
-                    "--pki",
-                    str(pki_dir),
-                    "--dir",
-                    str(rundir),
-                    "--port",
-                    str(port),
-                    *extra,
-                ],
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        deadline = time.monotonic() + ready_timeout
-        while time.monotonic() < deadline and process.poll() is None:
-            if b"broker ready on" in output.read_bytes():
-                return RunningBroker(process, BrokerEndpoint("127.0.0.1", port), rundir, pki_dir, output)
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        process.wait()
+        args = ["broker", "run", "--pki", str(pki_dir), "--dir", str(rundir), "--port", str(port), *extra]
+        process = _spawn_until_ready(args, output, ready_timeout)
+        if process is not None:
+            return RunningBroker(process, BrokerEndpoint("127.0.0.1", port), rundir, pki_dir, output)
         last_error = output.read_text(errors="replace")
         if "already in use" not in last_error:
             break
     raise RuntimeError(f"broker did not start: {last_error}")
+
+
+def start_local_broker(config: Path, output: Path, *, ready_timeout: float = 20.0) -> RunningBroker:
+    """Start ``kakehashi broker run --config gateway.toml`` (a gateway's local broker from its enrollment material,
+    its address and run directory from ``[local_broker]``) and wait for its ready line."""
+    from gateway.config import load_config
+
+    section = load_config(config).local_broker
+    assert section is not None, "the config has no [local_broker]"
+    process = _spawn_until_ready(["broker", "run", "--config", str(config)], output, ready_timeout)
+    if process is None:
+        raise RuntimeError(f"local broker did not start: {output.read_text(errors='replace')}")
+    return RunningBroker(process, BrokerEndpoint(section.host, section.port), section.run_dir, Path(), output)

@@ -124,8 +124,7 @@ def test_local_profile_isolates_nodes_and_gives_only_the_owner_the_relay() -> No
     rules = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert rules == [
         "user gw-a",
-        "topic read kn/v1/+/up/#",
-        "topic write kn/v1/+/down/#",
+        "topic readwrite kn/v1/#",
         "user wl-0007",
         "topic write kn/v1/wl-0007/up/#",
         "topic read kn/v1/wl-0007/down/#",

@@ -14,7 +14,7 @@ from gateway.config import load_config
 from tests.cli_support import Cli, enrollment_api
 from tests.cli_support import cli_fixture as cli_fixture
 from tests.conftest import Fleet
-from tests.fleet import RunningBroker
+from tests.fleet import RunningBroker, free_port, start_local_broker
 from tests.test_enrollment_gateway import wait_for_reload
 
 GW = "gw-prov-0001"
@@ -68,7 +68,18 @@ async def test_provision_writes_a_working_gateway_that_passes_the_selftest(
     (tmp_path / "pi" / "systemd").mkdir(parents=True)
     token = await registry.create_enrollment_token(GW, actor="alice")
     before = broker.reloads()
-    args = provision_args(agent_url, fleet, tmp_path / "pi", token, "--broker", f"127.0.0.1:{broker.endpoint.port}")
+    args = provision_args(
+        agent_url,
+        fleet,
+        tmp_path / "pi",
+        token,
+        "--broker",
+        f"127.0.0.1:{broker.endpoint.port}",
+        "--local-broker-host",
+        "127.0.0.1",
+        "--local-broker-port",
+        str(free_port()),
+    )
     result = await cli(*args)
     assert result.code == 0, result.err
     config_path = tmp_path / "pi" / "etc" / "gateway.toml"
@@ -86,8 +97,16 @@ async def test_provision_writes_a_working_gateway_that_passes_the_selftest(
     assert f"ReadWritePaths={tmp_path / 'pi' / 'var'}" in unit
     assert "systemctl daemon-reload" in result.out, "a directory systemd does not read: the commands are printed"
 
+    broker_unit = (tmp_path / "pi" / "systemd" / "kakehashi-local-broker.service").read_text()
+    assert f"broker run --config {config_path}" in broker_unit
+    assert f"kakehashi broker run --config {config_path}" in result.out or "kakehashi-local-broker" in result.out
+
     await wait_for_reload(broker, before)
-    checked = await cli("gateway", "selftest", "--config", config_path, "--json")
+    local = start_local_broker(config_path, tmp_path / "local-broker.out")  # from the enrollment material alone
+    try:
+        checked = await cli("gateway", "selftest", "--config", config_path, "--json")
+    finally:
+        local.stop()
     report = json.loads(checked.out)
     statuses = {c["name"]: c["status"] for c in report["checks"]}
     assert checked.code == 0, checked.out
@@ -95,6 +114,9 @@ async def test_provision_writes_a_working_gateway_that_passes_the_selftest(
     assert statuses["cloud broker"] == "pass"
     assert statuses["certificate chain"] == "pass"
     assert statuses["key matches certificate"] == "pass"
+    assert statuses["nodes' local broker"] == "pass"
+    assert statuses["local broker certificate"] == "pass"
+    assert statuses["local broker policy"] == "warn", "no CRL yet: the gateway service has not connected"
 
 
 async def test_existing_files_are_kept_unless_forced_and_a_refused_token_changes_nothing(

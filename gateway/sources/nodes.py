@@ -38,7 +38,7 @@ from kakehashi.backoff import Backoff
 from kakehashi.errors import ConfigError
 from kakehashi.fields import Identifier
 from kakehashi.log import get_logger
-from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
+from kakehashi.mqtt import BrokerEndpoint, TlsIdentity, client_tls_context
 from kakehashi.mqtt_link import LinkError, MqttLink, Received
 
 log = get_logger(__name__)
@@ -61,6 +61,11 @@ class NodesSourceConfig(BaseModel):
     ca_file: Path | None = Field(default=None, description="defaults to [uplink] ca_file")
     cert_file: Path | None = Field(default=None, description="defaults to [uplink] cert_file")
     key_file: Path | None = Field(default=None, description="defaults to [uplink] key_file")
+    server_hostname: str | None = Field(
+        default=None,
+        description="name to verify on the local broker's certificate (default: the host, or <gateway id>.local "
+        "when [local_broker] is configured)",
+    )
     nodes: list[BoundNode] = Field(default_factory=list)
 
     @field_validator("nodes")
@@ -87,9 +92,15 @@ class NodesSource:
     settings (:attr:`settings`); without it, a relay of readings and commands only."""
 
     def __init__(
-        self, config: NodesSourceConfig, gateway_id: str, identity: TlsIdentity, settings_path: Path | None = None
+        self,
+        config: NodesSourceConfig,
+        gateway_id: str,
+        identity: TlsIdentity,
+        settings_path: Path | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         self.config = config
+        self.server_hostname = server_hostname or config.server_hostname
         self.gateway_id = gateway_id
         self.identity = identity
         self.bound = frozenset(node.id for node in config.nodes)
@@ -124,6 +135,7 @@ class NodesSource:
                     clean_start=False,
                     session_expiry_s=7 * 24 * 3600,
                     manual_ack=True,
+                    tls_context=client_tls_context(self.identity, self.server_hostname),
                 )
                 async with link:
                     await link.subscribe(wire.node_relay_subscriptions(), qos=1)
@@ -214,12 +226,18 @@ class NodesSource:
 
 
 def build_nodes_source(
-    config: NodesSourceConfig, gateway_id: str, default_identity: TlsIdentity, data_dir: Path | None = None
+    config: NodesSourceConfig,
+    gateway_id: str,
+    default_identity: TlsIdentity,
+    data_dir: Path | None = None,
+    server_hostname: str | None = None,
 ) -> NodesSource:
-    """The source with ``config``'s identity (or the uplink's); with ``data_dir``, it relays node settings too."""
+    """The source with ``config``'s identity (or the uplink's); with ``data_dir``, it relays node settings too;
+    ``server_hostname`` is the name it verifies on the local broker's certificate when the config names none."""
     identity = TlsIdentity(
         config.ca_file or default_identity.ca_file,
         config.cert_file or default_identity.cert_file,
         config.key_file or default_identity.key_file,
     )
-    return NodesSource(config, gateway_id, identity, data_dir / SETTINGS_FILE if data_dir is not None else None)
+    settings = data_dir / SETTINGS_FILE if data_dir is not None else None
+    return NodesSource(config, gateway_id, identity, settings, server_hostname)

@@ -77,6 +77,13 @@ class BrokerState:
     reloads: int = 0
     profile: str = "fleet"
     owner: str | None = None
+    config: str | None = None
+    """A gateway's local broker run from its ``gateway.toml`` (no PKI): the config's path (``pki`` is empty)."""
+    restarts: int = 0
+    nodes: list[str] | None = None
+    crl_state: str | None = None
+    crl_number: int | None = None
+    crl_next_update: str | None = None
 
     def write(self, path: Path) -> None:
         keys.write_public_file(path, orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2))
@@ -241,6 +248,15 @@ def sync_policy(
     )
 
 
+def make_run_dir(layout: BrokerLayout, fix: str) -> None:
+    """Create the run directory and its data directory (0700), or say what to do."""
+    try:
+        layout.rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        layout.data.mkdir(exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise BrokerError(f"cannot create the run directory {layout.rundir}: {exc.strerror}; {fix}") from None
+
+
 def prepare(
     pki_dir: Path, rundir: Path, host: str, port: int, profile: AccessProfile | None = None
 ) -> tuple[CertificateAuthority, BrokerLayout]:
@@ -249,13 +265,7 @@ def prepare(
     ca = CertificateAuthority.open(pki_dir.resolve())
     layout = BrokerLayout(rundir.resolve())
     user = _run_as_user(layout.rundir)
-    try:
-        layout.rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        layout.data.mkdir(exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise BrokerError(
-            f"cannot create the run directory {rundir}: {exc.strerror}; choose a writable --dir"
-        ) from None
+    make_run_dir(layout, "choose a writable --dir")
     _ensure_server_certificate(layout, ca, host)
     sync_policy(ca, layout, user=user, profile=profile)
     keys.write_public_file(layout.config, render_config(layout, ListenerSettings(host, port, user)).encode())
@@ -405,6 +415,47 @@ async def _watch_pki(
         on_reload(summary)
 
 
+async def spawn_mosquitto(executable: str, layout: BrokerLayout) -> asyncio.subprocess.Process:
+    """Start Mosquitto on the run directory's config, its log on a pipe (read it with ``_pump_output``)."""
+    return await asyncio.create_subprocess_exec(
+        executable,
+        "-c",
+        str(layout.config),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+async def stop_mosquitto(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM (Mosquitto saves its persistence), then SIGKILL if it has not stopped within the time-out."""
+    if proc.returncode is not None:
+        return
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_SECONDS)
+    except TimeoutError:
+        log.warning("mosquitto_kill", reason="did not stop within timeout")
+        proc.kill()
+        await proc.wait()
+
+
+def handle_signals(
+    stop: asyncio.Event | None, reload_requested: asyncio.Event
+) -> tuple[asyncio.Event, tuple[signal.Signals, ...]]:
+    """Without an embedding ``stop`` event: SIGTERM/SIGINT stop, SIGHUP requests a reload. Returns the stop event
+    and the signals to remove from the loop afterwards."""
+    if stop is not None:
+        return stop, ()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
+    return stop, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 async def run_broker(
     pki_dir: Path,
     rundir: Path,
@@ -422,26 +473,12 @@ async def run_broker(
     ca, layout = prepare(pki_dir, rundir, host, port, profile)
     _check_port_free(host, port)
     summary = sync_policy(ca, layout, profile=profile)
-    proc = await asyncio.create_subprocess_exec(
-        executable,
-        "-c",
-        str(layout.config),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
+    proc = await spawn_mosquitto(executable, layout)
     assert proc.stderr is not None
     tail: deque[str] = deque(maxlen=12)
     reload_requested = asyncio.Event()
+    stop, handled_signals = handle_signals(stop, reload_requested)
     loop = asyncio.get_running_loop()
-    handled_signals: tuple[signal.Signals, ...] = ()
-    if stop is None:
-        stop = asyncio.Event()
-        handled_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
     state = BrokerState(
         os.getpid(), proc.pid, host, port, str(ca.path), time.time(), profile=profile.name, owner=profile.owner
     )
@@ -468,13 +505,7 @@ async def run_broker(
             watcher.cancel()
             stopped.cancel()
             if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_SECONDS)
-                except TimeoutError:
-                    log.warning("mosquitto_kill", reason="did not stop within timeout")
-                    proc.kill()
-                    await proc.wait()
+                await stop_mosquitto(proc)
                 await pump
                 log.info("broker_stopped", returncode=proc.returncode)
                 return 0
