@@ -26,7 +26,7 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 __all__ = [
     "JSON",
@@ -101,16 +101,23 @@ def _plain(value: AttrValue) -> JSON:
     return iso_utc(value) if isinstance(value, datetime) else value
 
 
+_RELATIONSHIP: Final = Kind.RELATIONSHIP
+_GEO_PROPERTY: Final = Kind.GEO_PROPERTY
+_LD_TYPE: Final[dict[Kind, str]] = {kind: str(kind.value) for kind in Kind}
+"""Looked up once here: an enum member's ``.value`` is a property, and this runs for every attribute sent."""
+
+
 def _ld_attr(attr: Attr) -> dict[str, JSON]:
     out: dict[str, JSON]
-    if attr.kind is Kind.RELATIONSHIP:
-        out = {"type": "Relationship", "object": _plain(attr.value)}
-    elif isinstance(attr.value, datetime):
-        out = {"type": "Property", "value": {"@type": "DateTime", "@value": iso_utc(attr.value)}}
+    kind, value = attr.kind, attr.value
+    if kind is _RELATIONSHIP:
+        out = {"type": "Relationship", "object": _plain(value)}
+    elif isinstance(value, datetime):
+        out = {"type": "Property", "value": {"@type": "DateTime", "@value": iso_utc(value)}}
     else:
-        out = {"type": attr.kind.value, "value": attr.value}
+        out = {"type": _LD_TYPE[kind], "value": value}
     if attr.observed_at is not None:
-        out["observedAt"] = iso_utc(attr.observed_at)
+        out["observedAt"] = _iso_of_epoch(attr.observed_at)
     if attr.unit_code is not None:
         out["unitCode"] = attr.unit_code
     if attr.clock_quality is not None:
@@ -127,12 +134,19 @@ def to_ngsi_ld(entity: Entity, contexts: str | Sequence[str]) -> dict[str, JSON]
     return out
 
 
+_V2_TYPE_OF: Final[dict[type, str]] = {float: "Number", int: "Number", str: "Text", bool: "Boolean", type(None): "None"}
+"""NGSI v2 attribute type by the value's exact Python type (checked first: the common case)."""
+
+
 def _v2_type(attr: Attr) -> str:
     value = attr.value
-    if attr.kind is Kind.RELATIONSHIP:
+    if attr.kind is _RELATIONSHIP:
         return "Relationship"
-    if attr.kind is Kind.GEO_PROPERTY:
+    if attr.kind is _GEO_PROPERTY:
         return "geo:json"
+    exact = _V2_TYPE_OF.get(type(value))
+    if exact is not None:
+        return exact
     if isinstance(value, datetime):
         return "DateTime"
     if isinstance(value, bool):
@@ -141,22 +155,21 @@ def _v2_type(attr: Attr) -> str:
         return "Number"
     if isinstance(value, str):
         return "Text"
-    if value is None:
-        return "None"
     return "StructuredValue"
 
 
 def _v2_attr(attr: Attr) -> dict[str, JSON]:
+    out: dict[str, JSON] = {"type": _v2_type(attr), "value": _plain(attr.value)}
+    if attr.observed_at is None and attr.unit_code is None and attr.clock_quality is None:
+        return out
     metadata: dict[str, JSON] = {}
     if attr.observed_at is not None:
-        metadata["dateObserved"] = {"type": "DateTime", "value": iso_utc(attr.observed_at)}
+        metadata["dateObserved"] = {"type": "DateTime", "value": _iso_of_epoch(attr.observed_at)}
     if attr.unit_code is not None:
         metadata["unitCode"] = {"type": "Text", "value": attr.unit_code}
     if attr.clock_quality is not None:
         metadata["clockQuality"] = {"type": "Text", "value": attr.clock_quality}
-    out: dict[str, JSON] = {"type": _v2_type(attr), "value": _plain(attr.value)}
-    if metadata:
-        out["metadata"] = metadata
+    out["metadata"] = metadata
     return out
 
 
