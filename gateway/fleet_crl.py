@@ -124,9 +124,7 @@ def store_crl(der: bytes, path: Path, trust_bundle: Path) -> CrlInfo | None:
         if stored.der == der:
             return None
         if received.number < stored.number:
-            raise CrlError(
-                f"CRL #{received.number} is older than the stored CRL #{stored.number}: kept the stored one"
-            )
+            raise CrlError(f"CRL #{received.number} is older than the stored CRL #{stored.number}: kept the stored one")
     keys.write_public_file(path, der)
     log.info(
         "crl_stored",
