@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from bench.harness import BenchFleet, enroll, free_port, spawn_kakehashi, terminate, until
+from bench.harness import BenchFleet, agent_toml, enroll, free_port, spawn_kakehashi, terminate, until
 from cloud_agent.pki.authority import CertificateAuthority
 from device_registry import Registry
 from hw.modbus.simulator import ModbusSimulator
@@ -88,25 +88,8 @@ async def run_async(commands: int, progress: Progress) -> dict[str, Any]:
             await registry.close()
         broker = await fleet.start_broker(free_port())
         api_port = free_port()
-        (root / "agent.toml").write_text(
-            f"""
-[agent]
-id = "agent-bench"
-[broker]
-host = "127.0.0.1"
-port = {broker.endpoint.port}
-ca_file = "{agent_id.ca_file}"
-cert_file = "{agent_id.cert_file}"
-key_file = "{agent_id.key_file}"
-[database]
-url = "{url}"
-[api]
-host = "127.0.0.1"
-port = {api_port}
-certfile = "{certfile}"
-keyfile = "{keyfile}"
-"""
-        )
+        api = f'[api]\nhost = "127.0.0.1"\nport = {api_port}\ncertfile = "{certfile}"\nkeyfile = "{keyfile}"\n'
+        (root / "agent.toml").write_text(agent_toml("agent-bench", agent_id, broker.endpoint, url, api))
         try:
             async with ModbusSimulator({GAUGE_UNIT: "water-level"}) as modbus:
                 (root / "gateway.toml").write_text(

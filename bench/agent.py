@@ -36,6 +36,7 @@ import sqlalchemy as sa
 from bench.harness import (
     BenchBroker,
     BenchFleet,
+    agent_toml,
     enroll,
     free_port,
     peak_rss_mb,
@@ -82,27 +83,8 @@ class Setup:
 
 
 def _agent_toml(name: str, ident: TlsIdentity, endpoint: BrokerEndpoint, url: str) -> str:
-    return f"""
-[agent]
-id = "{name}"
-share_group = "bench"
-
-[broker]
-host = "{endpoint.host}"
-port = {endpoint.port}
-ca_file = "{ident.ca_file}"
-cert_file = "{ident.cert_file}"
-key_file = "{ident.key_file}"
-
-[database]
-url = "{url}"
-
-[api]
-enabled = false
-
-[ingest]
-batch_messages = {BATCH_MESSAGES}
-"""
+    sections = f"[api]\nenabled = false\n[ingest]\nbatch_messages = {BATCH_MESSAGES}\n"
+    return agent_toml(name, ident, endpoint, url, sections, agent_keys='share_group = "bench"')
 
 
 class AgentProcess:

@@ -61,6 +61,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def agent_toml(
+    name: str, ident: TlsIdentity, broker: BrokerEndpoint, db_url: str, sections: str, *, agent_keys: str = ""
+) -> str:
+    """An agent.toml for ``kakehashi agent run``: its id (and ``agent_keys``, more TOML lines of ``[agent]``), broker
+    identity and database, then ``sections`` (TOML text: the benchmark's own ``[api]``, ``[northbound]`` ...)."""
+    return f"""
+[agent]
+id = "{name}"
+{agent_keys}
+[broker]
+host = "{broker.host}"
+port = {broker.port}
+ca_file = "{ident.ca_file}"
+cert_file = "{ident.cert_file}"
+key_file = "{ident.key_file}"
+[database]
+url = "{db_url}"
+{sections}"""
+
+
 def enroll(ca: CertificateAuthority, role: Role, identity: str, directory: Path) -> TlsIdentity:
     directory.mkdir(parents=True, exist_ok=True)
     key = keys.generate_private_key()

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.harness import BenchFleet, enroll, free_port, spawn_kakehashi, terminate, until
+from bench.harness import BenchFleet, agent_toml, enroll, free_port, spawn_kakehashi, terminate, until
 from cloud_agent.northbound.mapping import CONTEXTS
 from cloud_agent.pki.authority import CertificateAuthority
 from device_registry import Location, Received, Registry
@@ -153,27 +153,9 @@ async def _one_kind(kind: str, messages: int, latency_s: float, progress: Progre
 
         try:
             async with StandInServer(city.app()) as server:
-                (root / "agent.toml").write_text(
-                    f"""
-[agent]
-id = "agent-nb"
-[broker]
-host = "127.0.0.1"
-port = {broker.endpoint.port}
-ca_file = "{agent_id.ca_file}"
-cert_file = "{agent_id.cert_file}"
-key_file = "{agent_id.key_file}"
-[database]
-url = "{url}"
-[api]
-enabled = false
-[northbound]
-url = "{server.url}"
-{northbound}
-batch_size = 200
-max_in_flight = 4
-"""
-                )
+                sections = f'[api]\nenabled = false\n[northbound]\nurl = "{server.url}"\n{northbound}\n'
+                sections += "batch_size = 200\nmax_in_flight = 4\n"
+                (root / "agent.toml").write_text(agent_toml("agent-nb", agent_id, broker.endpoint, url, sections))
                 stop = asyncio.Event()
                 watcher = Watcher(city.updates, entity_of)
                 watching = asyncio.create_task(watcher.run(stop))
