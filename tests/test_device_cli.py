@@ -25,22 +25,8 @@ from cloud_agent.runtime import AgentRuntime
 from device_registry import ApiRole, Registry
 from kakehashi import keys, wire
 from kakehashi.cli import main
+from tests.cli_support import Result
 from tests.test_api_helpers import RecorderActions
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def error_line(self) -> str:
-        assert self.code == 2, (self.code, self.out, self.err)
-        lines = self.err.strip().splitlines()
-        assert len(lines) == 1, self.err
-        assert lines[0].startswith("error: "), lines
-        return lines[0]
 
 
 @dataclass
