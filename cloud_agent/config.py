@@ -140,6 +140,9 @@ class NorthboundSection(_Strict):
         default=0.02, ge=0.0, le=5.0, description="how long a short batch may wait for more while others are in flight"
     )
     timeout_s: float = Field(default=10.0, ge=0.5, le=300.0)
+    mapping_worker: bool = Field(
+        default=True, description="map stored messages to entities in a worker process (a second core), not the loop"
+    )
 
     @field_validator("url", "token_url")
     @classmethod

@@ -28,8 +28,6 @@ import signal
 import time
 from collections.abc import Callable
 
-import httpx
-
 from cloud_agent.command_dispatch import CommandDispatch
 from cloud_agent.config import AgentConfig
 from cloud_agent.fleet_actions import CrlPublisher, CurrentLink, FleetActions
@@ -37,7 +35,7 @@ from cloud_agent.ingest import TRANSIENT_ERRORS, Delivery, UplinkIngest
 from cloud_agent.metrics import AgentMetrics
 from cloud_agent.northbound.csource_task import run_registration
 from cloud_agent.northbound.pusher import Pusher
-from cloud_agent.northbound.setup import build_pusher
+from cloud_agent.northbound.setup import NorthboundFeed, build_feed
 from cloud_agent.northbound.tag_retention import TagRetention
 from cloud_agent.pki.authority import CertificateAuthority
 from cloud_agent.runtime import AgentRuntime
@@ -143,10 +141,11 @@ class AgentService:
         self.connected = asyncio.Event()
         self.api_ready = asyncio.Event()
         self.pusher: Pusher | None = None
-        self._northbound_http: httpx.AsyncClient | None = None
         self._tag_retention: TagRetention | None = None
+        self.northbound: NorthboundFeed | None = None
         if config.northbound is not None:
-            self.pusher, self._tag_retention, self._northbound_http = build_pusher(config.northbound, registry)
+            self.northbound = build_feed(config.northbound, registry, config.database.url)
+            self.pusher, self._tag_retention = self.northbound.pusher, self.northbound.tag_retention
             self.metrics.extra["northbound"] = self.pusher.metrics.as_dict
 
     def _readings_stored(self) -> None:
@@ -315,8 +314,8 @@ async def run_agent(
         if own_signals:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
-        if service._northbound_http is not None:
-            await service._northbound_http.aclose()
+        if service.northbound is not None:
+            await service.northbound.aclose()
         await service.registry.close()
         log.info("agent_stopped", agent=config.agent.id, metrics=service.metrics.snapshot())
 

@@ -28,6 +28,7 @@ import httpx
 import orjson
 
 from cloud_agent.northbound.oauth import TokenError, TokenSource
+from cloud_agent.northbound.queue import Document, SerializedEntity, document_id
 
 CORE_CONTEXT: Final = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"
 UPSERT_PATH: Final = "/ngsi-ld/v1/entityOperations/upsert"
@@ -78,7 +79,7 @@ class PushError(Exception):
 class BrokerClient(Protocol):
     """Sends one batch (at most one document per entity id) to the broker."""
 
-    async def push(self, entities: Sequence[dict[str, Any]]) -> dict[str, EntityFailure]: ...
+    async def push(self, entities: Sequence[Document]) -> dict[str, EntityFailure]: ...
 
 
 class EntityDeleter(Protocol):
@@ -167,13 +168,13 @@ class NgsiLdClient(_HttpBroker):
         if tenant:
             self.headers["NGSILD-Tenant"] = tenant
 
-    async def push(self, entities: Sequence[dict[str, Any]]) -> dict[str, EntityFailure]:
-        documents = [e if "@context" in e else {**e, "@context": self.contexts} for e in entities]
+    async def push(self, entities: Sequence[Document]) -> dict[str, EntityFailure]:
+        documents = [_with_context(e, self.contexts) for e in entities]
         answer = await self._post(UPSERT_PATH, orjson.dumps(documents), self.headers, {"options": "update"})
         if answer.status_code in (200, 201, 204):
             return {}
         if answer.status_code == 207:
-            return _ld_failures(answer, [str(e["id"]) for e in entities])
+            return _ld_failures(answer, [document_id(e) for e in entities])
         kind, detail = _ld_problem(answer)
         raise self._request_error(answer, kind, detail)
 
@@ -216,8 +217,8 @@ class NgsiV2Client(_HttpBroker):
         if service_path:
             self.headers["Fiware-ServicePath"] = service_path
 
-    async def push(self, entities: Sequence[dict[str, Any]]) -> dict[str, EntityFailure]:
-        body = orjson.dumps({"actionType": "append", "entities": list(entities)})
+    async def push(self, entities: Sequence[Document]) -> dict[str, EntityFailure]:
+        body = orjson.dumps({"actionType": "append", "entities": [_json(e) for e in entities]})
         answer = await self._post(UPDATE_PATH, body, self.headers, {})
         if 200 <= answer.status_code < 300:
             return {}
@@ -242,6 +243,17 @@ class NgsiV2Client(_HttpBroker):
         if missing:
             return {entities[0][0]: EntityFailure(kind, detail[:DETAIL_MAX], False)}
         raise self._request_error(answer, kind, detail)
+
+
+def _json(document: Document) -> dict[str, Any] | orjson.Fragment:
+    return document.json if isinstance(document, SerializedEntity) else document
+
+
+def _with_context(document: Document, contexts: list[str]) -> dict[str, Any] | orjson.Fragment:
+    """An NGSI-LD document with an ``@context`` (a serialized one has its own, as ``to_ngsi_ld`` makes it)."""
+    if isinstance(document, SerializedEntity):
+        return document.json
+    return document if "@context" in document else {**document, "@context": contexts}
 
 
 def _caused_by_tls(exc: BaseException) -> bool:

@@ -1,8 +1,10 @@
 """The northbound queue's interface (what the pusher needs from wherever updates wait) and an in-memory queue.
 
 An update is one serialized entity document (NGSI-LD normalized with ``@context``, or NGSI v2 normalized), as
-:mod:`cloud_agent.northbound.entities` makes it. The queue is the durable part: the registry fills it in the same
-transaction as the readings, the pusher drains it. Any storage can be a source if it keeps this contract:
+:mod:`cloud_agent.northbound.entities` makes it: a dictionary, or already JSON (:class:`SerializedEntity`, what the
+mapping worker hands over: the agent then never rebuilds the dictionaries it only passes on). The queue is the
+durable part: the registry fills it in the same transaction as the readings, the pusher drains it. Any storage can
+be a source if it keeps this contract:
 
 ``fetch(limit, per_entity=1)``
     Up to ``limit`` updates, oldest first (by ``id``), taking for each entity up to ``per_entity`` of its **oldest
@@ -40,6 +42,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class SerializedEntity:
+    """An entity document already serialized: its id, and its JSON as it goes in a request body."""
+
+    id: str
+    json: orjson.Fragment
+
+
+Document = dict[str, Any] | SerializedEntity
+"""An entity document: a dictionary, or its JSON already made."""
+
+
+def document_id(document: Document) -> str:
+    """The entity id of a document (a URN for NGSI-LD)."""
+    if isinstance(document, SerializedEntity):
+        return document.id
+    return str(document["id"])
+
 
 @dataclass(frozen=True, slots=True)
 class QueuedUpdate:
@@ -47,7 +70,7 @@ class QueuedUpdate:
 
     id: int
     """Queue position; ascending in the order the updates were queued."""
-    entity: dict[str, Any]
+    entity: Document
     """The serialized entity document as it goes in the request body (its ``id`` is the entity id)."""
     attempts: int
     """How many times it was sent and not accepted."""
@@ -57,7 +80,7 @@ class QueuedUpdate:
     @property
     def entity_id(self) -> str:
         """The entity's id (a URN for NGSI-LD)."""
-        return str(self.entity["id"])
+        return document_id(self.entity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +150,7 @@ class MemoryQueue:
         """Updates waiting (handed out or not)."""
         return len(self._entries)
 
-    def put(self, entities: Sequence[dict[str, Any]]) -> list[int]:
+    def put(self, entities: Sequence[Document]) -> list[int]:
         """Queue entity documents in order; returns their ids."""
         ids = []
         now = time.time()

@@ -1,21 +1,23 @@
 """Building the agent's City OS feed from its ``[northbound]`` settings: HTTP client, OAuth tokens, broker client,
-the registry-backed source with its stored crowd counts, the pusher, and the City OS side of tag retention."""
+the outbox mapper (in a worker process unless ``mapping_worker = false``), the registry-backed source with its stored
+crowd counts, the pusher, and the City OS side of tag retention."""
 
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 
 from cloud_agent.northbound.crowd_counts import StoredCrowdCounts
-from cloud_agent.northbound.entities import Entity, to_ngsi_ld, to_ngsi_v2
-from cloud_agent.northbound.mapping import contexts_for
 from cloud_agent.northbound.ngsi_clients import BrokerClient, NgsiLdClient, NgsiV2Client, tls_verify
 from cloud_agent.northbound.oauth import ClientCredentials, TokenSource, read_secret
+from cloud_agent.northbound.outbox_mapper import SERIALIZERS, OutboxMapper, RowMapper
 from cloud_agent.northbound.pusher import Pusher, PusherSettings
 from cloud_agent.northbound.registry_source import RegistryNorthboundSource
 from cloud_agent.northbound.tag_retention import TagRetention
+from cloud_agent.northbound.worker_mapper import WorkerMapper
 from device_registry import Registry
 from kakehashi.log import get_logger
 
@@ -25,17 +27,26 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
-def _ngsi_ld(entity: Entity) -> dict[str, Any]:
-    return dict(to_ngsi_ld(entity, contexts_for(entity.type)))
+@dataclass(frozen=True)
+class NorthboundFeed:
+    """The parts of the City OS feed: run the pusher and the tag retention, :meth:`aclose` when they stopped."""
+
+    pusher: Pusher
+    tag_retention: TagRetention
+    source: RegistryNorthboundSource
+    http: httpx.AsyncClient
+
+    async def aclose(self) -> None:
+        """Stop the mapping worker and close the HTTP client."""
+        try:
+            await self.source.close()
+        finally:
+            await self.http.aclose()
 
 
-def _ngsi_v2(entity: Entity) -> dict[str, Any]:
-    return dict(to_ngsi_v2(entity))
-
-
-def build_pusher(settings: NorthboundSection, registry: Registry) -> tuple[Pusher, TagRetention, httpx.AsyncClient]:
-    """The pusher for ``settings`` over ``registry``, the task deleting tags' pseudonymised Devices at the City OS
-    (run both), and the HTTP client to close when the agent stops."""
+def build_feed(settings: NorthboundSection, registry: Registry, database_url: str) -> NorthboundFeed:
+    """The City OS feed for ``settings`` over ``registry`` (opened at ``database_url``, which the mapping worker
+    opens too)."""
     http = httpx.AsyncClient(verify=tls_verify(settings.ca_file), timeout=settings.timeout_s)
     tokens = None
     if settings.token_url:
@@ -48,12 +59,10 @@ def build_pusher(settings: NorthboundSection, registry: Registry) -> tuple[Pushe
     client: BrokerClient
     if settings.kind == "ngsi-ld":
         client = NgsiLdClient(http, settings.url, tenant=settings.tenant, tokens=tokens)
-        serialize = _ngsi_ld
     else:
         client = NgsiV2Client(
             http, settings.url, service=settings.service, service_path=settings.service_path, tokens=tokens
         )
-        serialize = _ngsi_v2
     if settings.pseudonym_secret_file is not None:
         secret = read_secret(settings.pseudonym_secret_file).encode()
     else:
@@ -72,7 +81,14 @@ def build_pusher(settings: NorthboundSection, registry: Registry) -> tuple[Pushe
         sweep_s=settings.crowd_sweep_s,
         tag_retention_s=tag_retention_s,
     )
-    source = RegistryNorthboundSource(registry, serialize, crowd=crowd, crowd_flush_s=settings.crowd_flush_s)
+    mapper: RowMapper
+    if settings.mapping_worker:
+        mapper = WorkerMapper(database_url, settings.kind)
+    else:
+        mapper = OutboxMapper(registry, settings.kind)
+    source = RegistryNorthboundSource(
+        registry, mapper, SERIALIZERS[settings.kind], crowd=crowd, crowd_flush_s=settings.crowd_flush_s
+    )
     pusher = Pusher(
         source,
         client,
@@ -91,4 +107,4 @@ def build_pusher(settings: NorthboundSection, registry: Registry) -> tuple[Pushe
         period_s=settings.tag_retention_period_s,
         batch_size=settings.batch_size,
     )
-    return pusher, retention, http
+    return NorthboundFeed(pusher, retention, source, http)
