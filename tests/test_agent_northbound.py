@@ -56,15 +56,16 @@ def _message(seq: int, level: float) -> bytes:
     return wire.encode_readings(wire.ReadingsMessage(seq=seq, sent_at=at, readings=readings))
 
 
+@pytest.mark.parametrize("mapping_worker", [True, False], ids=["mapping-worker", "mapping-in-loop"])
 async def test_stored_readings_reach_the_city_os_in_order_across_an_outage(
-    fleet: Fleet, broker: RunningBroker, registry: Registry, tmp_path: Path
+    fleet: Fleet, broker: RunningBroker, registry: Registry, tmp_path: Path, mapping_worker: bool
 ) -> None:
     city = NgsiLdBroker(allowed_contexts=set(CONTEXTS.values()))
     async with StandInServer(city.app()) as server:
         config = agent_config(
             fleet, broker.endpoint, f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}", tmp_path / "agent",
             northbound={"kind": "ngsi-ld", "url": server.url, "tenant": "kakogawa", "batch_size": 10,
-                        "crowd_flush_s": 0.2},
+                        "crowd_flush_s": 0.2, "mapping_worker": mapping_worker},
         )  # fmt: skip
         async with running_agent(config) as agent, gateway_link(broker.endpoint, fleet.gw1, GW) as gw:
             for seq in range(1, 6):
