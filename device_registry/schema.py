@@ -314,7 +314,7 @@ northbound_outbox: Final = sa.Table(
     sa.Column("not_before", sa.Double, nullable=False),
     sa.Column("state", sa.String(8), nullable=False),
     sa.Column("reason", sa.String(1024)),
-    sa.Index(None, "state", "not_before", "id"),
+    sa.Index(None, "state", "id"),  # "pending after id X, by id": a range of this index, whatever the backlog
     sqlite_autoincrement=True,  # ids are never reused, also after the table empties: the pusher reads "after id"
 )
 """Readings messages stored but not yet delivered to the City OS: one row per (gateway, seq), written in the ingest

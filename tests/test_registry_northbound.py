@@ -3,6 +3,11 @@ retried or dead-lettered; nothing queued without the northbound, nothing queued 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+
 from device_registry import Registry
 from tests.postgres import FakeClock, bound_device, provisioned_gateway, reading
 from tests.postgres import clock_fixture as clock_fixture
@@ -65,3 +70,31 @@ async def test_ids_keep_rising_after_the_outbox_empties(registry: Registry, cloc
     await feed.ingest_readings(gw, [(2, T0, [reading("wl-0001", 2.0)])])
     (second,) = await feed.northbound_pending(now=clock.now.timestamp(), after=first.id)
     assert second.id > first.id
+
+
+async def test_the_next_pending_messages_are_an_index_range_not_a_sort_of_the_backlog(tmp_path: Path) -> None:
+    """After a long City OS outage the backlog is large: finding the next rows must not read and sort all of it."""
+    clock = FakeClock()
+    registry = await Registry.open(f"sqlite+aiosqlite:///{tmp_path / 'registry.db'}", clock=clock, northbound=True)
+    seen: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if "FROM northbound_outbox" in statement and statement.lstrip().startswith("SELECT"):
+            seen.append((statement, parameters))
+
+    try:
+        gw = await provisioned_gateway(registry, clock)
+        await bound_device(registry, "wl-0001", gw)
+        await registry.ingest_many([(gw, [(seq, T0, [reading("wl-0001", float(seq))]) for seq in range(1, 50)])])
+        event.listen(registry.engine.sync_engine, "before_cursor_execute", capture)
+        assert len(await registry.northbound_pending(limit=10, after=3, now=clock.now.timestamp())) == 10
+        event.remove(registry.engine.sync_engine, "before_cursor_execute", capture)
+        ((statement, parameters),) = seen
+        async with registry.engine.connect() as conn:
+            plan = " | ".join(
+                str(row[-1]) for row in await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            )
+        assert "USING INDEX ix_northbound_outbox_state_id (state=? AND id>?)" in plan, plan
+        assert "TEMP B-TREE" not in plan, plan
+    finally:
+        await registry.close()

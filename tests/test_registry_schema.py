@@ -152,3 +152,20 @@ async def test_sqlite_runs_in_wal_with_full_sync_and_foreign_keys(registry: Regi
 def test_unusable_urls_are_refused(url: str, message: str) -> None:
     with pytest.raises(DatabaseSetupError, match=re.escape(message)):
         open_registry(url)
+
+
+async def test_step_6_replaces_the_northbound_outbox_index(database_url: str) -> None:
+    engine = open_registry(database_url)
+    try:
+        await migrate(engine, target=5)
+        async with engine.begin() as conn:  # the index step 5 made before schema.py changed
+            await conn.exec_driver_sql("DROP INDEX ix_northbound_outbox_state_id")
+            await conn.exec_driver_sql(
+                "CREATE INDEX ix_northbound_outbox_state_not_before_id ON northbound_outbox (state, not_before, id)"
+            )
+        assert (await migrate(engine)).applied == ("6: northbound outbox indexed by state and id",)
+        async with engine.connect() as conn:
+            names = await conn.run_sync(lambda c: {i["name"] for i in sa.inspect(c).get_indexes("northbound_outbox")})
+        assert names == {"ix_northbound_outbox_state_id"}
+    finally:
+        await engine.dispose()
