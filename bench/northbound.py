@@ -247,5 +247,5 @@ async def run_async(messages: int, latency_s: float, progress: Progress) -> dict
     }
 
 
-def run(*, messages: int = 2000, latency_s: float = 8.0, progress: Progress | None = None) -> dict[str, Any]:
+def run(*, messages: int = 6000, latency_s: float = 8.0, progress: Progress | None = None) -> dict[str, Any]:
     return asyncio.run(run_async(messages, latency_s, progress or _quiet))
