@@ -20,14 +20,14 @@ from cloud_agent.northbound.privacy import (
     SCOPES,
     Pseudonymiser,
     TagShare,
-    consent_scopes,
     crowd_entity,
+    share_scopes,
     tag_entity,
     tag_urn,
     zone_of,
     zone_urn,
 )
-from device_registry.lifecycle import State
+from device_registry.lifecycle import WATCH_TAG, State
 from device_registry.models import Device, Location
 from tests.test_northbound_mapping import GATEWAY, URN, check_all, device
 
@@ -65,9 +65,8 @@ def everything(entities: list[Entity]) -> str:
         ("location", True, State.SUSPENDED, frozenset()),
     ],
 )
-def test_consent_scopes(share: str | None, consent: bool | None, state: State, scopes: set[str]) -> None:
-    t = dataclasses.replace(tag(share=share, consent=consent), state=state)
-    assert consent_scopes(t) == frozenset(scopes)
+def test_share_scopes(share: str | None, consent: bool | None, state: State, scopes: set[str]) -> None:
+    assert share_scopes(WATCH_TAG, consent, state, share) == frozenset(scopes)
 
 
 def test_crowd_entity_is_an_hourly_count_of_a_zone() -> None:

@@ -7,7 +7,7 @@ City OS receives only what the tag's consent record allows:
   hour (:func:`crowd_entity`) -- ``peopleCount`` is the number of distinct tags seen in that zone during that hour.
   No tag id, pseudonym or per-tag time goes out in them.
 * **More, only if the tag's labels say so**: the label ``share`` holds a comma-separated list of consent scopes
-  (:func:`share_scopes`, :func:`consent_scopes`), shared by :func:`tag_entity`:
+  (:func:`share_scopes`), shared by :func:`tag_entity`:
 
   ``zone``      a ``Device`` entity with a pseudonymised id and ``areaServed`` = the zone where it was last seen;
   ``location``  as ``zone``, plus ``location`` = the position of the gateway that saw it (implies ``zone``);
@@ -43,14 +43,13 @@ from urllib.parse import quote
 
 from cloud_agent.northbound.entities import JSON, Attr, Entity, Kind
 from device_registry.lifecycle import WATCH_TAG, State
-from device_registry.models import Device, Gateway, Location
+from device_registry.models import Gateway, Location
 
 __all__ = [
     "HOUR",
     "SCOPES",
     "Pseudonymiser",
     "TagShare",
-    "consent_scopes",
     "crowd_entity",
     "hour_of",
     "share_scopes",
@@ -62,7 +61,6 @@ __all__ = [
 
 HOUR: Final = 3600
 SCOPES: Final = frozenset({"zone", "location", "battery"})
-SHARE_LABEL: Final = "share"
 ZONE_LABEL: Final = "zone"
 _PSEUDONYM_HEX: Final = 20
 _MIN_SECRET: Final = 16
@@ -84,11 +82,6 @@ def share_scopes(kind: str, consent: bool | None, state: State, share: str | Non
     if "zone" not in scopes:
         return frozenset()
     return frozenset(scopes)
-
-
-def consent_scopes(tag: Device) -> frozenset[str]:
-    """What a watch tag's consent allows beyond being counted: scopes from its ``share`` label (see module doc)."""
-    return share_scopes(tag.kind, tag.consent, tag.state, tag.labels.get(SHARE_LABEL))
 
 
 def zone_of(gateway_id: str, gateway: Gateway | None) -> str:
