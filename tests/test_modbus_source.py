@@ -124,7 +124,8 @@ async def test_tcp_bus_polls_every_device_at_its_interval() -> None:
                         device("wm-3", 3, "water-meter"),
                     ],
                 }
-            ]
+            ],
+            submit_linger_ms=0,  # one submission per poll, so that each batch below is one device's poll
         )
         [bus] = build_modbus_buses(cfg)
         started = time.time()
@@ -402,6 +403,97 @@ async def test_one_tcp_bus_reads_thousands_of_readings_per_second_without_loss()
         for u in units:
             seqs = [int(r.value) for r in sink.of(f"b-{u}", "seq")]
             assert all(b == (a + 1) % 65536 for a, b in itertools.pairwise(seqs)), f"b-{u} lost a poll"
+
+
+class TimedSink(CollectingSink):
+    """A :class:`CollectingSink` that also notes when each batch was submitted (wall clock, as ``observed_at``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at: list[float] = []
+
+    async def submit(self, readings: Sequence[Reading]) -> None:
+        self.at.append(time.time())
+        await super().submit(readings)
+
+
+async def run_timed(bus: ModbusBusSource, done: Callable[[TimedSink], bool]) -> TimedSink:
+    sink, health = TimedSink(), SourceHealth(bus.name)
+    task = asyncio.create_task(bus.run(sink, health))
+    try:
+        await until(lambda: done(sink))
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert health.readings == sum(len(b) for b in sink.batches)
+    return sink
+
+
+def busy_bus(port: int, linger_ms: float, extra: list[dict[str, Any]] | None = None) -> ModbusBusSource:
+    devices = [device(f"b-{u}", u, "bench-seq", 0.001) for u in range(1, 21)] + (extra or [])
+    [bus] = build_modbus_buses(
+        config([{"host": "127.0.0.1", "port": port, "devices": devices}], submit_linger_ms=linger_ms)
+    )
+    return bus
+
+
+@pytest.mark.parametrize("linger_ms", [0, 20])
+async def test_a_busy_bus_submits_its_polls_in_batches_only_when_lingering(linger_ms: float) -> None:
+    async with ModbusSimulator(dict.fromkeys(range(1, 21), "bench-seq")) as sim:
+        sink = await run_timed(busy_bus(sim.port, linger_ms), lambda s: sum(map(len, s.batches)) >= 40 * 500)
+    polls = sum(len(batch) for batch in sink.batches) / 20  # bench-seq: 20 registers a poll
+    per_submission = polls / len(sink.batches)
+    if linger_ms:
+        assert per_submission >= 5, f"{per_submission:.1f} polls a submission"
+        assert max(len(batch) for batch in sink.batches) <= 500 + 20  # a batch stops once it holds 500 readings
+    else:
+        assert per_submission < 2, f"{per_submission:.1f} polls a submission"  # this sink never holds the bus up
+    for u in range(1, 21):
+        seqs = [int(r.value) for r in sink.of(f"b-{u}", "seq")]
+        assert all(b == (a + 1) % 65536 for a, b in itertools.pairwise(seqs)), f"b-{u} lost a poll"
+
+
+async def test_an_unhurried_bus_submits_each_poll_at_once_despite_the_linger() -> None:
+    async with ModbusSimulator({2: "water-level"}) as sim:
+        cfg = config(
+            [{"host": "127.0.0.1", "port": sim.port, "devices": [device("wl-2", 2, "water-level", 0.3)]}],
+            submit_linger_ms=150,
+        )
+        [bus] = build_modbus_buses(cfg)
+        sink = await run_timed(bus, lambda s: len(s.batches) >= 4)
+    waits = [at - batch[-1].observed_at for at, batch in zip(sink.at, sink.batches, strict=True)]
+    assert max(waits) < 0.075, waits  # lingering would have held each poll for the whole 150 ms
+
+
+async def test_an_alarm_is_submitted_at_once_from_a_busy_lingering_bus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.sources.modbus.SUBMIT_BATCH_READINGS", 10**9)  # only the linger or an alarm ends one
+    units: dict[int, str] = {**dict.fromkeys(range(1, 21), "bench-seq"), 21: "water-level"}
+    async with ModbusSimulator(units) as sim:
+        sim.pin(21, "water_level", 3.5)  # above the profile's alarm_above (3.0): every poll of wl-21 is an alarm
+        bus = busy_bus(sim.port, 400, [device("wl-21", 21, "water-level", 0.05, points=["water_level"])])
+        sink = await run_timed(bus, lambda s: len(s.of("wl-21")) >= 5)
+    alarms = [
+        at - reading.observed_at
+        for at, batch in zip(sink.at, sink.batches, strict=True)
+        for reading in batch
+        if reading.priority is Priority.ALARM
+    ]
+    assert len(alarms) >= 5
+    assert max(alarms) < 0.2, alarms  # a lingering batch would have held them for up to 400 ms
+    assert any(at - batch[0].observed_at > 0.01 for at, batch in zip(sink.at, sink.batches, strict=True))
+
+
+async def test_polls_held_by_the_linger_reach_the_sink_when_the_bus_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.sources.modbus.SUBMIT_BATCH_READINGS", 10**9)  # hold everything for the linger
+    async with ModbusSimulator(dict.fromkeys(range(1, 21), "bench-seq")) as sim:
+        bus = busy_bus(sim.port, 1000)
+        async with running(bus) as (sink, health):
+            await until(lambda: health.detail.get("bus", {}).get("requests", 0) >= 100)
+            assert not sink.batches  # all held by the linger
+        requests = health.detail["bus"]["requests"]
+    assert sum(len(batch) for batch in sink.batches) == 20 * requests  # every poll made, none lost on the stop
+    assert health.readings == 20 * requests
 
 
 def test_build_gives_one_source_per_bus_named_by_endpoint_or_name() -> None:

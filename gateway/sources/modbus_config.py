@@ -161,6 +161,15 @@ class ModbusSourceConfig(BaseModel):
     reconnect_after_timeouts: int = Field(
         default=5, ge=1, description="consecutive timeouts on a TCP bus that make it reconnect (half-open links)"
     )
+    submit_linger_ms: float = Field(
+        default=20.0,
+        ge=0,
+        le=1000,
+        description=(
+            "while a bus polls back to back, how long a poll's readings may wait for the next polls' so that they "
+            "are committed and sent as one message (0: each poll alone; alarms and an unhurried bus never wait)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ModbusSourceConfig:
