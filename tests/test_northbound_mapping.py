@@ -543,3 +543,11 @@ def test_readings_of_another_device_are_refused() -> None:
     mapped = map_readings(device("air_sensor", None), [reading("temperature", 20.0, "Cel", ident="other-0001")])
     assert [e.type for e in mapped.entities] == ["Device"]
     assert mapped.refused[0].reason == "not a reading of wl-0007"
+
+
+@given(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1), timezones=st.timezones()))
+def test_iso_utc_of_a_datetime_is_its_utc_instant_with_milliseconds(t: datetime) -> None:
+    utc = t.astimezone(UTC)
+    expected = utc.replace(tzinfo=None).isoformat(timespec="milliseconds" if utc.microsecond else "seconds") + "Z"
+    assert iso_utc(t) == expected
+    assert iso_utc(utc) == iso_utc(t) == expected  # the cache answers equal instants alike

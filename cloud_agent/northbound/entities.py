@@ -81,7 +81,7 @@ class Entity:
 def iso_utc(t: float | datetime) -> str:
     """Epoch seconds or an aware datetime as ISO 8601 UTC with a ``Z`` (milliseconds when not whole seconds)."""
     if isinstance(t, datetime):
-        return _iso(t.astimezone(UTC))
+        return _iso_of_datetime(t)
     return _iso_of_epoch(t)
 
 
@@ -91,10 +91,17 @@ def _iso_of_epoch(t: float) -> str:
     return _iso(datetime.fromtimestamp(t, UTC))
 
 
+@functools.lru_cache(maxsize=4096)
+def _iso_of_datetime(t: datetime) -> str:
+    """Cached as :func:`_iso_of_epoch` (equal instants in other zones hash alike and give the same text)."""
+    return _iso(t.astimezone(UTC))
+
+
 def _iso(dt: datetime) -> str:
+    whole = f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
     if dt.microsecond:
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return f"{whole}.{dt.microsecond // 1000:03d}Z"
+    return f"{whole}Z"
 
 
 def _plain(value: AttrValue) -> JSON:
