@@ -76,4 +76,5 @@ class Collector:
             except (aiomqtt.MqttError, OSError):  # broker restarting: try again shortly
                 self.subscribed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.3)
+                    async with asyncio.timeout(0.3):
+                        await stop.wait()

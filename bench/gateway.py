@@ -113,7 +113,8 @@ async def _phase_sustained(fleet: BenchFleet, agent: TlsIdentity, readings: int,
     collector = Collector(broker.endpoint, agent, "bench-collector-1", keep_payloads=False)
     stop = asyncio.Event()
     task = asyncio.get_running_loop().create_task(collector.run(stop))
-    await asyncio.wait_for(collector.subscribed.wait(), 10)
+    async with asyncio.timeout(10):
+        await collector.subscribed.wait()
     config = fleet.root / f"{gw}.toml"
     config.write_text(_config(gw, fleet.root / gw, broker.endpoint.port, ident, readings))
     progress(f"sustained: {readings:,} readings through gateway → outbox → broker")
@@ -158,7 +159,8 @@ async def _phase_replay(fleet: BenchFleet, agent: TlsIdentity, readings: int, pr
     collector = Collector(broker.endpoint, agent, "bench-collector-2", keep_payloads=False)
     stop = asyncio.Event()
     task = asyncio.get_running_loop().create_task(collector.run(stop))
-    await asyncio.wait_for(collector.subscribed.wait(), 10)
+    async with asyncio.timeout(10):
+        await collector.subscribed.wait()
     await fleet.stop_broker(broker)  # the collector's session (and its subscription) persists in the broker
     config = fleet.root / f"{gw}.toml"
     config.write_text(_config(gw, fleet.root / gw, port, ident, readings))

@@ -152,7 +152,8 @@ async def run_async(cycles: int, progress: Any) -> dict[str, Any]:
         relay_config = NodesSourceConfig(port=port, nodes=[BoundNode(id=NODE)])
         relay: asyncio.Task[None] | None = None
         try:
-            await asyncio.wait_for(ready.wait(), 20)
+            async with asyncio.timeout(20):
+                await ready.wait()
             relay = asyncio.get_running_loop().create_task(
                 NodesSource(relay_config, GATEWAY, gw_identity).run(Intake(outbox), health)
             )

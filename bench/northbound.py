@@ -90,7 +90,8 @@ class Watcher:
                     value = height["value"] if isinstance(height, dict) else height
                     self.arrivals.setdefault((entity_id.rsplit(":", 1)[-1], round(float(value), 6)), now)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.002)
+                async with asyncio.timeout(0.002):
+                    await stop.wait()
 
 
 async def _fill(registry: Registry, gateways: list[str], messages: int) -> int:

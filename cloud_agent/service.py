@@ -98,9 +98,11 @@ async def _next_batch(link: MqttLink, stop: asyncio.Event, size: int, wait_s: fl
         if remaining <= 0:
             break
         try:
-            batch.append(await asyncio.wait_for(queue.get(), remaining))
+            async with asyncio.timeout(remaining):
+                item = await queue.get()
         except TimeoutError:
             break
+        batch.append(item)
     return batch
 
 

@@ -396,7 +396,8 @@ async def _watch(
     """Until stop or Mosquitto's exit: apply changes; returns ``(restart needed, newest policy)``."""
     while not stop.is_set() and proc.returncode is None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(reload_requested.wait(), POLL_SECONDS)
+            async with asyncio.timeout(POLL_SECONDS):
+                await reload_requested.wait()
         requested = reload_requested.is_set()
         reload_requested.clear()
         if stop.is_set() or proc.returncode is not None:

@@ -98,7 +98,8 @@ async def _round_trip(link: MqttLink, topic: str) -> str | None:
     deadline = time.monotonic() + ROUND_TRIP_TIMEOUT_S
     while (left := deadline - time.monotonic()) > 0:
         try:
-            message = await asyncio.wait_for(link.messages.get(), left)
+            async with asyncio.timeout(left):
+                message = await link.messages.get()
         except TimeoutError:
             break
         if message.topic == topic and message.payload == probe:

@@ -151,7 +151,8 @@ class Uplink:
             delay = backoff.next()
             log.warning("uplink_retry", in_s=round(delay, 2), reason=error)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await stop.wait()
 
     def _disconnected(self, error: str | None) -> None:
         was_connected = self.stats.connected
@@ -183,7 +184,8 @@ class Uplink:
             stopper.cancel()
             if stop.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(sender), self.settings.drain_on_stop_s)
+                    async with asyncio.timeout(self.settings.drain_on_stop_s):
+                        await asyncio.shield(sender)
                 sender.cancel()
                 receiver.cancel()
                 await self._publish_status(link, wire.StatusReason.SHUTDOWN)
@@ -239,7 +241,8 @@ class Uplink:
                     if session_over.is_set():
                         break
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.outbox.changed.wait(), 0.5)
+                        async with asyncio.timeout(0.5):
+                            await self.outbox.changed.wait()
                     continue
                 for message in batch:
                     await window.acquire()

@@ -263,7 +263,8 @@ async def run_demo(workdir: Path, seconds: float, *, progress: bool = True) -> d
                     run_agent(agent_config, stop=stop_agent, on_started=agent_started.set_result)
                 )
                 agent = await agent_started
-                await asyncio.wait_for(agent.api_ready.wait(), 20)
+                async with asyncio.timeout(20):
+                    await agent.api_ready.wait()
                 url = f"https://127.0.0.1:{api_port}"
                 say(f"cloud agent running: registry {workdir / 'registry.db'}, HTTPS API {url}/docs")
                 try:

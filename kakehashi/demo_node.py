@@ -98,7 +98,8 @@ async def run_node(
         stats.wakes += 1
         stats.sent = stats.wakes
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), max(0.0, 1.0 - (time.monotonic() - before)))
+            async with asyncio.timeout(max(0.0, 1.0 - (time.monotonic() - before))):
+                await stop.wait()
     stats.unacked_at_end = len(device.ring())
     stats.acked = set(range(1, stats.wakes + 1 - stats.unacked_at_end))
 
@@ -128,12 +129,14 @@ async def _stand_in(
                     await link.publish(topic, pending[seq])
                     stats.sent += 1
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 1.0)
+                        async with asyncio.timeout(1.0):
+                            await stop.wait()
                     while not link.messages.empty():
                         acked = wire.decode_relay_ack(link.messages.get_nowait().payload)
                         stats.acked.add(acked)
                         pending.pop(acked, None)
         except LinkError:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+                async with asyncio.timeout(0.5):
+                    await stop.wait()
     stats.unacked_at_end = len(pending)

@@ -212,17 +212,15 @@ class MqttLink:
             PacketTypes.CONNECT, session_expiry_s=self._session_expiry or None, receive_maximum=self._receive_maximum
         )
         try:
-            await asyncio.wait_for(
-                asyncio.to_thread(
+            async with asyncio.timeout(self._connect_timeout):
+                await asyncio.to_thread(
                     self._client.connect,
                     self.endpoint.host,
                     self.endpoint.port,
                     self._keepalive,
                     clean_start=self._clean_start,
                     properties=props,
-                ),
-                self._connect_timeout,
-            )
+                )
         except TimeoutError:
             where = f"{self.endpoint.host}:{self.endpoint.port}"
             raise LinkError(f"no answer from {where} within {self._connect_timeout} s") from None
@@ -234,7 +232,8 @@ class MqttLink:
         self._no_delay()
         self._client.loop_start()
         try:
-            await asyncio.wait_for(self._connack, self._connect_timeout)
+            async with asyncio.timeout(self._connect_timeout):
+                await self._connack
         except BaseException:
             await self._shutdown(send_disconnect=False)
             raise
@@ -282,7 +281,8 @@ class MqttLink:
             raise LinkError(f"subscribe failed locally: {paho.error_string(result)}")
         future: asyncio.Future[list[int]] = self._loop.create_future()
         self._subacks[mid] = future
-        return await asyncio.wait_for(future, self._connect_timeout)
+        async with asyncio.timeout(self._connect_timeout):
+            return await future
 
     def ack(self, message: Received) -> None:
         """PUBACK a message received on a manual-ack link, after it has been durably handled."""

@@ -66,11 +66,13 @@ async def running_agent(config: AgentConfig, *, connected: bool = True) -> Async
         assert started.done(), "the agent did not start within 20 s"
         service = started.result()
         if connected:
-            await asyncio.wait_for(service.connected.wait(), 20)
+            async with asyncio.timeout(20):
+                await service.connected.wait()
         yield service
     finally:
         stop.set()
-        await asyncio.wait_for(task, 30)
+        async with asyncio.timeout(30):
+            await task
 
 
 async def wait_for(predicate: Any, within: float = 15.0, what: Any = "condition") -> None:

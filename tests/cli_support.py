@@ -98,4 +98,5 @@ async def enrollment_api(fleet: Fleet, registry: Registry, directory: Path) -> A
         yield f"https://127.0.0.1:{port}"
     finally:
         stop.set()
-        await asyncio.wait_for(task, 15)
+        async with asyncio.timeout(15):
+            await task

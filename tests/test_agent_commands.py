@@ -52,7 +52,8 @@ async def _next_command(gw: MqttLink, within: float = 10.0) -> wire.CommandMessa
             if message.topic.endswith("/down/commands"):
                 return wire.decode_command(message.payload)
 
-    return await asyncio.wait_for(one(), within)
+    async with asyncio.timeout(within):
+        return await one()
 
 
 class Acks:

@@ -111,7 +111,8 @@ async def test_presence_twin_delivery_reported_state_and_gaps(
             await gw.subscribe(wire.gateway_subscriptions(GW1))
             await gw.publish(wire.topic_for(GW1, wire.Channel.STATUS), status(
                 wire.StatusState.ONLINE, wire.StatusReason.CONNECTED), retain=True)  # fmt: skip
-            desired = wire.decode_desired((await asyncio.wait_for(_next_on(gw, "desired"), 10)).payload)
+            async with asyncio.timeout(10):
+                desired = wire.decode_desired((await _next_on(gw, "desired")).payload)
             assert (desired.version, desired.delta) == (version, {"heartbeat_s": 10})
             presence = await registry.get_presence(GW1)
             assert presence is not None
@@ -120,7 +121,8 @@ async def test_presence_twin_delivery_reported_state_and_gaps(
             # while online, a new desired change goes out at once (the API calls desired_changed)
             second = await registry.set_desired(GW1, {"heartbeat_s": 20}, actor="tanaka")
             await agent.runtime.actions.desired_changed(GW1)
-            again = wire.decode_desired((await asyncio.wait_for(_next_on(gw, "desired"), 10)).payload)
+            async with asyncio.timeout(10):
+                again = wire.decode_desired((await _next_on(gw, "desired")).payload)
             assert again.version == second
 
             reported = wire.ReportedMessage(seq=1, sent_at=time.time(), version=second, state={"heartbeat_s": 20})

@@ -33,7 +33,8 @@ async def test_a_cancelled_server_releases_its_port(tmp_path: Path) -> None:
     task = asyncio.create_task(
         serve_api(_app(), host="127.0.0.1", port=port, certfile=cert, keyfile=key, stop=asyncio.Event(), ready=ready)
     )
-    await asyncio.wait_for(ready.wait(), 10)
+    async with asyncio.timeout(10):
+        await ready.wait()
     async with httpx.AsyncClient(
         verify=ssl.create_default_context(cafile=chain)
     ) as client:  # a kept-alive connection stays open

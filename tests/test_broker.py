@@ -40,9 +40,11 @@ async def drain(messages: asyncio.Queue[aiomqtt.Message], seconds: float) -> lis
     deadline = loop.time() + seconds
     while (left := deadline - loop.time()) > 0:
         try:
-            got.append(await asyncio.wait_for(messages.get(), left))
+            async with asyncio.timeout(left):
+                message = await messages.get()
         except TimeoutError:
             break
+        got.append(message)
     return got
 
 
@@ -146,7 +148,8 @@ async def test_last_will_marks_a_vanished_gateway_offline(fleet: Fleet, broker: 
     )  # fmt: skip
     try:
         assert gateway.stdout is not None
-        assert (await asyncio.wait_for(gateway.stdout.readline(), 10)).strip() == b"up"
+        async with asyncio.timeout(10):
+            assert (await gateway.stdout.readline()).strip() == b"up"
         async with client(broker, fleet.agent, "agent-1-a") as agent:
             inbox = await subscribe_into(agent, ["kh/v1/+/status"])
             first = await drain(inbox, 0.5)

@@ -68,7 +68,8 @@ class Agent:
 
     async def shut_down(self) -> None:
         self.stop.set()
-        await asyncio.wait_for(self.task, 15)
+        async with asyncio.timeout(15):
+            await self.task
 
 
 def server_identity(directory: Path) -> tuple[Path, Path, Path]:
@@ -108,12 +109,14 @@ async def agent_fixture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> A
     )
     agent = Agent(f"https://127.0.0.1:{port}", port, chain, registry, actions, admin, capsys, stop, task)
     try:
-        await asyncio.wait_for(ready.wait(), 10)
+        async with asyncio.timeout(10):
+            await ready.wait()
         yield agent
     finally:
         stop.set()
         try:
-            await asyncio.wait_for(task, 15)
+            async with asyncio.timeout(15):
+                await task
         finally:
             await registry.close()
 

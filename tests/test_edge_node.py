@@ -216,7 +216,8 @@ async def _remote_config_and_commands(device: Device, local_broker: RunningBroke
         await gw_link.publish(f"{base}/commands", wire.encode_command(command))
         await gw_link.publish(f"{base}/commands", wire.encode_command(command))  # redelivered: not run twice
         await wake(device)
-        acks = wire.decode_acks((await asyncio.wait_for(gw_link.messages.get(), 10)).payload).acks
+        async with asyncio.timeout(10):
+            acks = wire.decode_acks((await gw_link.messages.get()).payload).acks
     outcome = [(a.command_id, a.status.value) for a in acks]
     assert outcome == [
         ("config-1", "succeeded"),

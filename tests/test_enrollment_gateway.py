@@ -72,7 +72,8 @@ async def publish_and_receive(broker: RunningBroker, fleet: Fleet, identity: Tls
             await asyncio.sleep(0.2)
             async with make_client(broker.endpoint, identity, client_id=GW, timeout=5.0) as gateway:
                 await gateway.publish(f"kh/v1/{GW}/up/readings", payload, qos=1)
-            return await asyncio.wait_for(received, 5)
+            async with asyncio.timeout(5):
+                return await received
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

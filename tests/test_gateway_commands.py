@@ -355,7 +355,8 @@ asyncio.run(main())
 
 async def _line(process: subprocess.Popen[str]) -> str:
     assert process.stdout is not None
-    return (await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 20)).strip()
+    async with asyncio.timeout(20):
+        return (await asyncio.to_thread(process.stdout.readline)).strip()
 
 
 async def test_a_gateway_killed_mid_command_never_runs_it_again(tmp_path: Path) -> None:

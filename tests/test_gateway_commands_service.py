@@ -70,12 +70,15 @@ async def gateway(fleet: Fleet, broker: RunningBroker, sim: ModbusSimulator, tmp
     started: asyncio.Future[Gateway] = asyncio.get_running_loop().create_future()
     task = asyncio.get_running_loop().create_task(run_gateway(config, stop=stop, on_started=started.set_result))
     try:
-        gw = await asyncio.wait_for(asyncio.shield(started), 20)
-        await asyncio.wait_for(gw.uplink.connected.wait(), 20)
+        async with asyncio.timeout(20):
+            gw = await asyncio.shield(started)
+        async with asyncio.timeout(20):
+            await gw.uplink.connected.wait()
         yield gw
     finally:
         stop.set()
-        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)
+        async with asyncio.timeout(30):
+            await asyncio.gather(task, return_exceptions=True)
 
 
 _unread: dict[int, list[wire.CommandAck]] = {}
@@ -89,7 +92,8 @@ async def next_ack(link: MqttLink, cid: str, within_s: float = 10) -> wire.Comma
         for index, ack in enumerate(unread):
             if ack.command_id == cid:
                 return unread.pop(index)
-        message = await asyncio.wait_for(link.messages.get(), max(0.01, end - time.monotonic()))
+        async with asyncio.timeout(max(0.01, end - time.monotonic())):
+            message = await link.messages.get()
         link.ack(message)
         unread.extend(wire.decode_acks(message.payload).acks)
 

@@ -79,7 +79,8 @@ async def collecting(broker: RunningBroker, ident: TlsIdentity) -> AsyncIterator
     collector = Collector(broker.endpoint, ident, "collector-proc")
     stop = asyncio.Event()
     task = asyncio.get_running_loop().create_task(collector.run(stop))
-    await asyncio.wait_for(collector.subscribed.wait(), 10)
+    async with asyncio.timeout(10):
+        await collector.subscribed.wait()
     try:
         yield collector
     finally:

@@ -131,7 +131,8 @@ async def test_the_pi_holds_no_ca_key_and_its_broker_confines_each_node(
         await relay.subscribe(["kn/v1/+/up/#"])
         await wl7.subscribe(["kn/v1/wl-0007/down/#", "kn/v1/wl-0099/down/#"])  # the second is granted, not served
         await wl7.publish("kn/v1/wl-0007/up/readings", b"own")
-        received = await asyncio.wait_for(relay.messages.get(), 5)
+        async with asyncio.timeout(5):
+            received = await relay.messages.get()
         assert (received.topic, received.payload) == ("kn/v1/wl-0007/up/readings", b"own")
 
         with pytest.raises(PublishRefusedError):
@@ -140,7 +141,8 @@ async def test_the_pi_holds_no_ca_key_and_its_broker_confines_each_node(
 
         await relay.publish("kn/v1/wl-0099/down/config", b"not yours")
         await relay.publish("kn/v1/wl-0007/down/config", b"yours")
-        got = await asyncio.wait_for(wl7.messages.get(), 5)
+        async with asyncio.timeout(5):
+            got = await wl7.messages.get()
         assert (got.topic, got.payload) == ("kn/v1/wl-0007/down/config", b"yours"), "the other node's downlink leaked"
         await nothing_arrives(wl7)
 
@@ -182,7 +184,8 @@ async def test_binding_a_node_in_gateway_toml_extends_the_acl(fleet: Fleet, pi: 
         assert state(local)["reloads"] == reloads + 1
         assert state(local)["restarts"] == 0, "a reload, not a restart"
         await wl8.publish("kn/v1/wl-0008/up/readings", b"after")  # the same connection, now allowed
-        received = await asyncio.wait_for(relay.messages.get(), 5)
+        async with asyncio.timeout(5):
+            received = await relay.messages.get()
         assert received.payload == b"after"
     bind(pi, ["wl-0007", "wl-0008", "Not An Id"])  # a broken edit keeps the policy in force
     await asyncio.sleep(1.5)
@@ -207,13 +210,15 @@ async def test_a_node_revoked_by_the_crl_on_down_crl_is_cut_off(
         async with link(local.endpoint, wl7, "wl-0007") as node:
             await node.subscribe(["kn/v1/wl-0007/down/ack"])
             await node.publish("kn/v1/wl-0007/up/readings", readings(1))
-            ack = await asyncio.wait_for(node.messages.get(), 10)
+            async with asyncio.timeout(10):
+                ack = await node.messages.get()
             assert wire.decode_relay_ack(ack.payload) == 1, "the service's relay stored and acknowledged it"
 
             fleet.ca.revoke("wl-0007", "key_compromise")
             await publish_crl(fleet, registry)
             await wait_state(local, "restarts", 2)
-            await asyncio.wait_for(node.lost.wait(), 5)  # the open connection is cut by the restart
+            async with asyncio.timeout(5):
+                await node.lost.wait()
         with pytest.raises(LinkError, match=r"(?i)revoked|certificate"):
             async with link(local.endpoint, wl7, "wl-0007"):
                 pass
@@ -223,7 +228,8 @@ async def test_a_node_revoked_by_the_crl_on_down_crl_is_cut_off(
         assert selftest_check(checks, "nodes' local broker").status is Status.PASS, "the relay's identity still works"
     finally:
         stop.set()
-        await asyncio.wait_for(service, 20)
+        async with asyncio.timeout(20):
+            await service
 
 
 def point_uplink_at(config: Path, port: int) -> GatewayConfig:

@@ -241,6 +241,35 @@ async def test_port_missing_at_start_then_plugged_in(tmp_path: Path) -> None:
             await sink.wait_for(lambda _: bool(sink.of("tag-0001", "battery")))
 
 
+async def test_a_stop_that_comes_as_the_port_fails_to_open_stops_the_source(tmp_path: Path) -> None:
+    """The gateway stops its sources by cancelling them: a cancel that lands just as opening the port fails must
+    still stop the source (Python 3.11's ``asyncio.wait_for`` dropped such a cancel, and the gateway hung on stop)."""
+    task: asyncio.Task[None] | None = None
+    attempts = 0
+
+    async def open_as_the_gateway_stops(port: str, baudrate: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        nonlocal attempts
+        attempts += 1
+        assert task is not None
+        task.cancel()
+        raise FileNotFoundError(2, "No such file or directory", port)
+
+    config = source_config(
+        "im920", tmp_path / "lpwa0", default_population("im920", tags=1, gauges=0, sos_probability=0.0)
+    )
+    source = build_lpwa_source(config, open_port=open_as_the_gateway_stops)
+    task = asyncio.create_task(source.run(CollectingSink(), SourceHealth(config.name)))
+    try:
+        done, _ = await asyncio.wait({task}, timeout=3)
+        assert task in done, f"the source ignored the stop and tried the port {attempts} times"
+        assert task.cancelled()
+        assert attempts == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def test_rak3172_old_firmware_two_line_frames(tmp_path: Path) -> None:
     async with rig("rak3172", tmp_path, sim_options={"legacy": True}) as r:
         await r.sim.send_device(r.tag, rssi_dbm=-101, snr_db=-7)

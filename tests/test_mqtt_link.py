@@ -13,7 +13,8 @@ from tests.fleet import RunningBroker, free_port
 
 
 async def next_message(link: MqttLink, seconds: float = 3.0) -> Received:
-    return await asyncio.wait_for(link.messages.get(), seconds)
+    async with asyncio.timeout(seconds):
+        return await link.messages.get()
 
 
 async def test_accepted_publish_returns_and_is_delivered(fleet: Fleet, broker: RunningBroker) -> None:
@@ -77,6 +78,7 @@ async def test_revoked_certificate_is_named_in_the_error(fleet: Fleet, broker: R
 async def test_lost_connection_fails_pending_and_future_publishes(fleet: Fleet, broker: RunningBroker) -> None:
     async with MqttLink(broker.endpoint, fleet.gw1, client_id="gw-test-0001", keepalive_s=5) as gw:
         broker.stop()
-        await asyncio.wait_for(gw.lost.wait(), 10)
+        async with asyncio.timeout(10):
+            await gw.lost.wait()
         with pytest.raises(LinkError, match="not connected"):
             await gw.publish("kh/v1/gw-test-0001/up/readings", b"x")

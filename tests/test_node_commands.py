@@ -113,7 +113,8 @@ async def test_a_node_command_is_relayed_and_finished_by_the_nodes_ack(
             await executor.submit(command("n-flood", "wl-0007", "flood_mode", {"on": True, "minutes": 30}))
             await executor.submit(command("n-bogus", "wl-0007", "explode"))
             await executor.submit(command("n-bad", "wl-0007", "flood_mode", {"minutes": 0}))
-            await asyncio.wait_for(executor.idle(), 10)
+            async with asyncio.timeout(10):
+                await executor.idle()
         finally:
             answering.cancel()
             await asyncio.gather(answering, return_exceptions=True)
@@ -138,7 +139,8 @@ async def test_a_node_that_does_not_answer_fails_the_command_at_its_deadline(
     async with executor_with_relay(fleet, local_broker, tmp_path, ["wl-0007"]) as (executor, outbox, _):
         started = time.monotonic()
         await executor.submit(command("n-asleep", "wl-0007", "report_now", deadline_in=1.0))
-        await asyncio.wait_for(executor.idle(), 10)
+        async with asyncio.timeout(10):
+            await executor.idle()
         elapsed = time.monotonic() - started
         ack = await final(outbox, "n-asleep")
         assert ack.status is wire.AckStatus.FAILED
@@ -158,7 +160,8 @@ async def test_the_real_firmware_runs_a_relayed_command_at_its_next_wake(
         await executor.submit(command("f-flood", "wl-0007", "flood_mode", {"on": True, "minutes": 30}, deadline_in=60))
         assert [a.status for a in await acks_of(outbox, "f-flood")] == [wire.AckStatus.DELIVERED]
         await wake(device)  # runs it and acknowledges on up/acks
-        await asyncio.wait_for(executor.idle(), 10)
+        async with asyncio.timeout(10):
+            await executor.idle()
         assert (await final(outbox, "f-flood")).status is wire.AckStatus.SUCCEEDED
         assert source.commands.counts["routed"] == 1
         await wake(device)

@@ -48,7 +48,8 @@ def envelope(node: str, seq: int, values: list[float], device: str | None = None
 
 
 async def relay_acks(link: MqttLink, count: int) -> list[int]:
-    return [wire.decode_relay_ack((await asyncio.wait_for(link.messages.get(), 5)).payload) for _ in range(count)]
+    async with asyncio.timeout(5 * count):
+        return [wire.decode_relay_ack((await link.messages.get()).payload) for _ in range(count)]
 
 
 async def test_bound_node_relayed_once_and_acknowledged_after_commit(

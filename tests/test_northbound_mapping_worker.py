@@ -208,7 +208,8 @@ async def test_a_worker_killed_mid_drain_is_started_again_and_nothing_is_lost(tm
                 assert mapper.pid not in (None, first)
             finally:
                 stop.set()
-                await asyncio.wait_for(task, 20)
+                async with asyncio.timeout(20):
+                    await task
         assert mapper.starts >= 2
         assert (await source.stats()).pending == 0
         heights = {}
@@ -321,7 +322,8 @@ async def test_the_worker_exits_when_the_agent_is_killed(tmp_path: Path) -> None
     )
     try:
         assert agent.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(agent.stdout.readline), 30)
+        async with asyncio.timeout(30):
+            line = await asyncio.to_thread(agent.stdout.readline)
         worker_pid = int(line)
         assert not pid_gone(worker_pid)
         agent.kill()  # SIGKILL: no clean-up in the agent at all

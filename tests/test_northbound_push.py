@@ -83,7 +83,8 @@ async def pushing(
         yield pusher
     finally:
         stop.set()
-        await asyncio.wait_for(task, 10)
+        async with asyncio.timeout(10):
+            await task
 
 
 async def test_ld_outage_of_a_minute_loses_nothing_and_keeps_order() -> None:

@@ -202,7 +202,8 @@ async def test_a_city_os_outage_delays_deletions_but_loses_none(registry: Regist
             await wait_until(lambda: not retention.pending, within=10)
         finally:
             stop.set()
-            await asyncio.wait_for(task, 5)
+            async with asyncio.timeout(5):
+                await task
         assert retention.pending == frozenset()
         assert cityos.ids() == {urn(n) for n in ("tag-keep", "tag-unscoped", "tag-unseen")}
 

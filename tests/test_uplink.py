@@ -63,7 +63,8 @@ async def pipeline(
     stop_uplink, stop_collector = asyncio.Event(), asyncio.Event()
     async with asyncio.TaskGroup() as tg:
         collector_task = tg.create_task(collector.run(stop_collector))
-        await asyncio.wait_for(collector.subscribed.wait(), 10)
+        async with asyncio.timeout(10):
+            await collector.subscribed.wait()
         intake_task = tg.create_task(intake.run())
         uplink_task = tg.create_task(uplink.run(stop_uplink))
         source_task = tg.create_task(source.run(intake, health))

@@ -106,7 +106,8 @@ class ReadingsCounter:
             except (aiomqtt.MqttError, OSError):
                 self.subscribed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.3)
+                    async with asyncio.timeout(0.3):
+                        await stop.wait()
 
     def _readings(self, topic: str, payload: bytes) -> None:
         gateway, _channel = wire.parse_topic(topic)

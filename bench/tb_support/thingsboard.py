@@ -275,7 +275,8 @@ class ServerStandIn:
             except (aiomqtt.MqttError, OSError):
                 self.subscribed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.3)
+                    async with asyncio.timeout(0.3):
+                        await stop.wait()
 
     async def _handle(self, client: aiomqtt.Client, topic: str, payload: Any) -> None:
         try:

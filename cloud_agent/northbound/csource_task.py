@@ -50,7 +50,8 @@ async def run_registration(settings: ContextSourceSection, registry: Registry, s
             await until_set(stop, within=settings.retry_s)
         if registered:
             try:
-                await asyncio.wait_for(registrar.deregister(), DEREGISTER_WITHIN_S)
+                async with asyncio.timeout(DEREGISTER_WITHIN_S):
+                    await registrar.deregister()
                 log.info("context_source_deregistered", broker=settings.broker_url)
             except (RegistrationError, httpx.HTTPError, OSError, TimeoutError) as exc:
                 log.warning("context_source_deregistration_failed", error=str(exc)[:300])

@@ -178,4 +178,5 @@ class TagRetention:
             now = self._clock()
             wait = min(next_plan - now, self._next_due(now))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), min(self._period_s, max(0.01, wait)))
+                async with asyncio.timeout(min(self._period_s, max(0.01, wait))):
+                    await stop.wait()

@@ -74,7 +74,8 @@ class WorkerMapper:
             try:
                 process.stdin.write(encode_frame({"after": after, "limit": limit}))
                 await process.stdin.drain()
-                answer, documents = await asyncio.wait_for(_read_answer(process.stdout), self._answer_timeout_s)
+                async with asyncio.timeout(self._answer_timeout_s):
+                    answer, documents = await _read_answer(process.stdout)
             except (OSError, EOFError, asyncio.IncompleteReadError, TimeoutError, FrameError) as exc:
                 await self._kill()
                 problem = "no answer in time" if isinstance(exc, TimeoutError) else repr(exc)
@@ -100,7 +101,8 @@ class WorkerMapper:
             with contextlib.suppress(OSError):
                 process.stdin.close()
             try:
-                await asyncio.wait_for(process.wait(), self._stop_timeout_s)
+                async with asyncio.timeout(self._stop_timeout_s):
+                    await process.wait()
             except TimeoutError:
                 await _killed(process)
 

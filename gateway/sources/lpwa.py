@@ -95,9 +95,8 @@ class LpwaSource:
         in_outage = False
         while True:
             try:
-                reader, writer = await asyncio.wait_for(
-                    self._open_port(port, config.effective_baudrate), _OPEN_TIMEOUT_S
-                )
+                async with asyncio.timeout(_OPEN_TIMEOUT_S):
+                    reader, writer = await self._open_port(port, config.effective_baudrate)
             except (OSError, TimeoutError) as exc:
                 if not in_outage:
                     health.count_error(
@@ -160,7 +159,8 @@ class LpwaSource:
             writer.write(f"{command}{self._spec.terminator}".encode("ascii"))
             await writer.drain()
             try:
-                reply = await asyncio.wait_for(replies.get(), timeout)
+                async with asyncio.timeout(timeout):
+                    reply = await replies.get()
             except TimeoutError:
                 failures += 1
                 health.count_error(
@@ -243,7 +243,8 @@ class LpwaSource:
 async def _close(writer: asyncio.StreamWriter) -> None:
     writer.close()
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(writer.wait_closed(), _CLOSE_TIMEOUT_S)
+        async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+            await writer.wait_closed()
 
 
 def build_lpwa_source(

@@ -79,7 +79,8 @@ class StandInServer:
         server.should_exit = True
         server.force_exit = True
         try:
-            await asyncio.wait_for(asyncio.shield(task), 3)
+            async with asyncio.timeout(3):
+                await asyncio.shield(task)
         except TimeoutError:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

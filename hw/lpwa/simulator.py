@@ -254,7 +254,8 @@ class LpwaModuleSimulator:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), _STOP_TIMEOUT_S)
+            async with asyncio.timeout(_STOP_TIMEOUT_S):
+                await proc.wait()
 
     @staticmethod
     async def _drain(stream: asyncio.StreamReader) -> None:
@@ -271,11 +272,13 @@ class LpwaModuleSimulator:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
             try:
-                await asyncio.wait_for(proc.wait(), _STOP_TIMEOUT_S)
+                async with asyncio.timeout(_STOP_TIMEOUT_S):
+                    await proc.wait()
             except TimeoutError:
                 proc.kill()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(proc.wait(), _STOP_TIMEOUT_S)
+                    async with asyncio.timeout(_STOP_TIMEOUT_S):
+                        await proc.wait()
         if self._stderr_task is not None:
             self._stderr_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -401,7 +404,8 @@ async def _run(args: argparse.Namespace) -> None:
         print("add this to gateway.toml:\n")
         print(gateway_toml(str(args.link), args.module, devices), flush=True)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), args.duration or None)
+            async with asyncio.timeout(args.duration or None):
+                await stop.wait()
         print(f"stopped: {sim.frames_sent} frames sent, {sim.frames_lost} lost, {len(sim.commands)} commands answered")
 
 

@@ -220,7 +220,8 @@ async def _serve(args: argparse.Namespace) -> None:
         units = ", ".join(f"{unit} ({device.profile.name})" for unit, device in sorted(sim.devices.items()))
         print(f"modbus simulator listening on {where} with units {units}", flush=True)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), args.duration)
+            async with asyncio.timeout(args.duration):
+                await stop.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

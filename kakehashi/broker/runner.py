@@ -394,7 +394,8 @@ async def _watch_pki(
     last_crl_check = time.monotonic()
     while True:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(reload_requested.wait(), PKI_POLL_SECONDS)
+            async with asyncio.timeout(PKI_POLL_SECONDS):
+                await reload_requested.wait()
         requested = reload_requested.is_set()
         reload_requested.clear()
         if time.monotonic() - last_crl_check > CRL_CHECK_SECONDS:
@@ -434,7 +435,8 @@ async def stop_mosquitto(proc: asyncio.subprocess.Process) -> None:
         return
     proc.terminate()
     try:
-        await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_SECONDS)
+        async with asyncio.timeout(STOP_TIMEOUT_SECONDS):
+            await proc.wait()
     except TimeoutError:
         log.warning("mosquitto_kill", reason="did not stop within timeout")
         proc.kill()
