@@ -10,7 +10,6 @@ the link also keeps the 3.5-character silence the Modbus serial line needs betwe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
@@ -136,13 +135,17 @@ class ModbusLink:
         closed = asyncio.ensure_future(self._peer_closed.wait())
         try:
             done, _ = await asyncio.wait({task, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if task in done:
+                return task.result()
         finally:
             closed.cancel()
-        if task in done:
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
+            if not task.done():
+                task.cancel()  # the peer closed, or we are being stopped: the request is abandoned either way
+        # Let the abandoned request unwind. asyncio.wait never raises what the task raised, so a stop (our own
+        # cancel) still propagates from here, where suppressing around ``await task`` would swallow it too.
+        await asyncio.wait({task})
+        if not task.cancelled():
+            task.exception()  # retrieved: the peer closing is what this reports
         raise ConnectionException(f"{self._bus.endpoint}: the peer closed the connection")
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:
