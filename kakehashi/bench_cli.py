@@ -17,7 +17,10 @@ BENCHMARKS = {
     "actuation": "command round trip API → agent → gateway → Modbus write → succeeded, p50/p99",
     "northbound": "entity updates/s from the agent to a City OS (NGSI-LD and NGSI v2 stand-ins), latency, loss",
     "node": "MicroPython heap (gc.mem_alloc peak) of the edge node's report cycle on the unix port",
+    "vs-thingsboard": "Modbus readings/s of this gateway vs thingsboard-gateway on one bus and broker (ratio, loss)",
 }
+MODULES = {"vs-thingsboard": "vs_thingsboard"}
+"""Benchmarks whose module in ``bench/`` is not named like the benchmark."""
 
 
 def _flatten(doc: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -38,7 +41,7 @@ def _flatten(doc: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 @click.option("--agents", type=click.IntRange(1, 8), help="Agent processes sharing the load (agent benchmark).")
 def bench(name: str, as_json: bool, quick: bool, db: str | None, agents: int | None) -> None:
     """Run benchmark NAME on this machine (loopback only, bounded, stops by itself)."""
-    module = importlib.import_module(f"bench.{name}")
+    module = importlib.import_module(f"bench.{MODULES.get(name, name)}")
     kwargs: dict[str, Any] = {"progress": ui.progress}
     if quick:
         kwargs.update(getattr(module, "QUICK", {}))

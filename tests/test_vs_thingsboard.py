@@ -118,10 +118,18 @@ def test_our_gateway_config_is_valid(tmp_path: Path) -> None:
     assert {d.profile for d in bus.devices} == {"bench-seq"}
 
 
+def test_the_script_takes_the_options_documented() -> None:
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for option in ("--json", "--seconds", "--only", "--tb-poll-ms", "--tb-trial-seconds", "--no-pin", "--keep-dir"):
+        assert option in proc.stdout
+
+
 @pytest.mark.slow
 def test_short_run_of_our_side_delivers_without_loss() -> None:
+    """``kakehashi bench vs-thingsboard --quick``: our side alone for 5 s (the peer's install is not for tests)."""
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--only", "kakehashi", "--seconds", "5", "--json"],
+        [sys.executable, "-m", "kakehashi", "bench", "vs-thingsboard", "--quick", "--json"],
         capture_output=True,
         text=True,
         timeout=240,
