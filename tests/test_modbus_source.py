@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from gateway.intake import IntakeClosedError
 from gateway.model import ClockQuality, Priority, Reading
 from gateway.sources.base import SourceHealth
 from gateway.sources.modbus import (
@@ -494,6 +495,27 @@ async def test_polls_held_by_the_linger_reach_the_sink_when_the_bus_stops(monkey
         requests = health.detail["bus"]["requests"]
     assert sum(len(batch) for batch in sink.batches) == 20 * requests  # every poll made, none lost on the stop
     assert health.readings == 20 * requests
+
+
+class ClosedSink(CollectingSink):
+    """An intake that has closed already (the gateway is past draining): it refuses every submission."""
+
+    async def submit(self, readings: Sequence[Reading]) -> None:
+        raise IntakeClosedError("the gateway is shutting down: readings are no longer accepted")
+
+
+async def test_a_bus_stopped_after_the_intake_closed_stops_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.sources.modbus.SUBMIT_BATCH_READINGS", 10**9)  # hold everything for the linger
+    async with ModbusSimulator(dict.fromkeys(range(1, 21), "bench-seq")) as sim:
+        bus = busy_bus(sim.port, 1000)
+        health = SourceHealth(bus.name)
+        task = asyncio.create_task(bus.run(ClosedSink(), health))
+        await until(lambda: health.detail.get("bus", {}).get("requests", 0) >= 20)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+    assert task in done
+    assert task.cancelled()  # the refused hand-over is logged, not raised in place of the stop
+    assert health.readings == 0
 
 
 def test_build_gives_one_source_per_bus_named_by_endpoint_or_name() -> None:

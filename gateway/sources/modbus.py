@@ -110,9 +110,9 @@ class ModbusBusSource:
         self._quarantined: set[str] = set()
         self._timeouts_in_row = 0
         self._next_due = math.inf
+        """When the owner's next poll is due (``time.monotonic()``): the submitter lingers only while it is near."""
         self._held: list[Reading] = []
         """Readings the submitter has taken from the queue and not yet handed to the sink (flushed on stop)."""
-        """When the owner's next poll is due (``time.monotonic()``): the submitter lingers only while it is near."""
         self._bus_detail: dict[str, Any] = {
             "transport": bus.transport,
             "endpoint": bus.endpoint,
@@ -427,10 +427,8 @@ class ModbusBusSource:
             return
         try:
             await sink.submit(readings)
-        except (KakehashiError, asyncio.CancelledError) as exc:
-            log.warning("modbus_unsubmitted_on_stop", bus=self._name, readings=len(readings), error=str(exc))
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+        except KakehashiError as exc:  # the intake already closed: the gateway is past draining
+            log.warning("modbus_unsubmitted_on_stop", bus=self._name, readings=len(readings), error=exc.message)
             return
         health.readings += len(readings)
 
