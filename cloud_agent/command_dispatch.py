@@ -23,12 +23,12 @@ import time
 from cloud_agent.ingest import TRANSIENT_ERRORS
 from cloud_agent.metrics import AgentMetrics
 from cloud_agent.twin_delivery import Publisher
-from cloud_agent.waiting import until_set
 from device_registry import Registry, RegistryError
 from device_registry.models import Command, CommandState
 from kakehashi import wire
 from kakehashi.log import get_logger
 from kakehashi.mqtt_link import LinkError
+from kakehashi.waiting import until_set
 
 log = get_logger(__name__)
 

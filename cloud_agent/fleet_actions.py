@@ -19,11 +19,11 @@ from cloud_agent.metrics import AgentMetrics
 from cloud_agent.pki.authority import CertificateAuthority
 from cloud_agent.pki.errors import PkiError
 from cloud_agent.twin_delivery import TwinDelivery
-from cloud_agent.waiting import until_set
 from device_registry import Registry, RegistryError, State
 from kakehashi import wire
 from kakehashi.log import get_logger
 from kakehashi.mqtt_link import LinkError, MqttLink
+from kakehashi.waiting import until_set
 
 log = get_logger(__name__)
 

@@ -40,7 +40,6 @@ from cloud_agent.northbound.tag_retention import TagRetention
 from cloud_agent.pki.authority import CertificateAuthority
 from cloud_agent.runtime import AgentRuntime
 from cloud_agent.twin_delivery import TwinDelivery
-from cloud_agent.waiting import until_set
 from device_registry import Registry, RegistryError
 from kakehashi import wire
 from kakehashi.backoff import Backoff
@@ -48,6 +47,7 @@ from kakehashi.log import get_logger
 from kakehashi.mqtt import client_tls_context
 from kakehashi.mqtt_link import LinkError, MqttLink
 from kakehashi.mqtt_link import Received as MqttMessage
+from kakehashi.waiting import next_within, until_set
 
 log = get_logger(__name__)
 
@@ -97,10 +97,8 @@ async def _next_batch(link: MqttLink, stop: asyncio.Event, size: int, wait_s: fl
         remaining = deadline - loop.time()
         if remaining <= 0:
             break
-        try:
-            async with asyncio.timeout(remaining):
-                item = await queue.get()
-        except TimeoutError:
+        item = await next_within(queue, remaining)
+        if item is None:
             break
         batch.append(item)
     return batch

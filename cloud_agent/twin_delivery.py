@@ -16,11 +16,11 @@ from typing import Protocol
 
 from cloud_agent.ingest import TRANSIENT_ERRORS
 from cloud_agent.metrics import AgentMetrics
-from cloud_agent.waiting import until_set
 from device_registry import Registry, RegistryError
 from kakehashi import wire
 from kakehashi.log import get_logger
 from kakehashi.mqtt_link import LinkError
+from kakehashi.waiting import until_set
 
 log = get_logger(__name__)
 

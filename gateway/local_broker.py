@@ -70,6 +70,7 @@ from kakehashi.broker.runner import (
 from kakehashi.errors import KakehashiError
 from kakehashi.identity import Role, local_broker_name
 from kakehashi.log import get_logger
+from kakehashi.waiting import until_set
 
 __all__ = ["LocalPolicy", "load_policy", "request_reload", "run_local_broker", "write_policy"]
 
@@ -395,9 +396,7 @@ async def _watch(
 ) -> tuple[bool, LocalPolicy]:
     """Until stop or Mosquitto's exit: apply changes; returns ``(restart needed, newest policy)``."""
     while not stop.is_set() and proc.returncode is None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(POLL_SECONDS):
-                await reload_requested.wait()
+        await until_set(reload_requested, within=POLL_SECONDS)
         requested = reload_requested.is_set()
         reload_requested.clear()
         if stop.is_set() or proc.returncode is not None:

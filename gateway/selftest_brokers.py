@@ -10,7 +10,6 @@ ids are never gateway ids) and publishes one probe there, which must come back w
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Final
 
@@ -19,6 +18,7 @@ from gateway.selftest_model import Check
 from kakehashi.errors import ConfigError
 from kakehashi.mqtt import BrokerEndpoint, TlsIdentity, client_tls_context
 from kakehashi.mqtt_link import ConnectRefusedError, LinkError, MqttLink, PublishRefusedError
+from kakehashi.waiting import next_within
 from kakehashi.wire import NODE_TOPIC_ROOT
 
 __all__ = ["CONNECT_TIMEOUT_S", "broker_check", "local_endpoint", "nodes_broker_check", "selftest_client_id"]
@@ -97,10 +97,8 @@ async def _round_trip(link: MqttLink, topic: str) -> str | None:
         return f"the probe on {topic} was refused ({exc.message})"
     deadline = time.monotonic() + ROUND_TRIP_TIMEOUT_S
     while (left := deadline - time.monotonic()) > 0:
-        try:
-            async with asyncio.timeout(left):
-                message = await link.messages.get()
-        except TimeoutError:
+        message = await next_within(link.messages, left)
+        if message is None:
             break
         if message.topic == topic and message.payload == probe:
             return None

@@ -25,6 +25,7 @@ from kakehashi.errors import ConfigError
 from kakehashi.log import get_logger
 from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
 from kakehashi.mqtt_link import LinkError, MqttLink, PublishRefusedError, Will
+from kakehashi.waiting import until_set
 
 log = get_logger(__name__)
 
@@ -150,9 +151,7 @@ class Uplink:
                 continue
             delay = backoff.next()
             log.warning("uplink_retry", in_s=round(delay, 2), reason=error)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await stop.wait()
+            await until_set(stop, within=delay)
 
     def _disconnected(self, error: str | None) -> None:
         was_connected = self.stats.connected
@@ -240,9 +239,7 @@ class Uplink:
                     await flush_acks()
                     if session_over.is_set():
                         break
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(0.5):
-                            await self.outbox.changed.wait()
+                    await until_set(self.outbox.changed, within=0.5)
                     continue
                 for message in batch:
                     await window.acquire()

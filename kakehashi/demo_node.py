@@ -14,7 +14,6 @@ and uses a host-Python stand-in speaking the same protocol, so that the rest of 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from hw.node.unixport import MICROPYTHON, Device, make_device, serving, umqtt_so
 from kakehashi import wire
 from kakehashi.mqtt import BrokerEndpoint, TlsIdentity
 from kakehashi.mqtt_link import LinkError, MqttLink
+from kakehashi.waiting import until_set
 
 DATUM_M = 5.0
 """Where the demo's distance sensor hangs: level = datum - distance."""
@@ -97,9 +97,7 @@ async def run_node(
         await asyncio.to_thread(device.wake)
         stats.wakes += 1
         stats.sent = stats.wakes
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.0, 1.0 - (time.monotonic() - before))):
-                await stop.wait()
+        await until_set(stop, within=max(0.0, 1.0 - (time.monotonic() - before)))
     stats.unacked_at_end = len(device.ring())
     stats.acked = set(range(1, stats.wakes + 1 - stats.unacked_at_end))
 
@@ -128,15 +126,11 @@ async def _stand_in(
                     pending[seq] = wire.encode_readings(wire.ReadingsMessage(seq, time.time(), (reading,)))
                     await link.publish(topic, pending[seq])
                     stats.sent += 1
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(1.0):
-                            await stop.wait()
+                    await until_set(stop, within=1.0)
                     while not link.messages.empty():
                         acked = wire.decode_relay_ack(link.messages.get_nowait().payload)
                         stats.acked.add(acked)
                         pending.pop(acked, None)
         except LinkError:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.5):
-                    await stop.wait()
+            await until_set(stop, within=0.5)
     stats.unacked_at_end = len(pending)

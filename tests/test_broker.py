@@ -16,6 +16,7 @@ import pytest
 from cloud_agent.pki.authority import CertificateAuthority
 from kakehashi.identity import Role
 from kakehashi.mqtt import BrokerEndpoint, TlsIdentity, make_client
+from kakehashi.waiting import next_within
 from tests.conftest import Fleet
 from tests.fleet import KAKEHASHI, RunningBroker, make_identity, start_broker
 
@@ -39,10 +40,8 @@ async def drain(messages: asyncio.Queue[aiomqtt.Message], seconds: float) -> lis
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while (left := deadline - loop.time()) > 0:
-        try:
-            async with asyncio.timeout(left):
-                message = await messages.get()
-        except TimeoutError:
+        message = await next_within(messages, left)
+        if message is None:
             break
         got.append(message)
     return got

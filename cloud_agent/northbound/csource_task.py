@@ -12,9 +12,9 @@ from cloud_agent.northbound.context_source_entities import EntitySource
 from cloud_agent.northbound.ngsi_clients import tls_verify
 from cloud_agent.northbound.oauth import read_secret
 from cloud_agent.northbound.registration import Registrar, RegistrationConfig, RegistrationError, served_information
-from cloud_agent.waiting import until_set
 from device_registry import Registry, RegistryError
 from kakehashi.log import get_logger
+from kakehashi.waiting import until_set
 
 if TYPE_CHECKING:
     from cloud_agent.config import ContextSourceSection

@@ -22,7 +22,6 @@ module, in entity ids and logs; never a tag id.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Final
@@ -31,6 +30,7 @@ from cloud_agent.northbound.crowd_counts import TagStates, sharing
 from cloud_agent.northbound.ngsi_clients import EntityDeleter, EntityFailure, PushError
 from cloud_agent.northbound.privacy import Pseudonymiser, tag_urn
 from kakehashi.log import get_logger
+from kakehashi.waiting import until_set
 
 __all__ = ["TagRetention"]
 
@@ -177,6 +177,4 @@ class TagRetention:
                 self._resume_at = self._clock() + self._wait(self._failures)
             now = self._clock()
             wait = min(next_plan - now, self._next_due(now))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(self._period_s, max(0.01, wait))):
-                    await stop.wait()
+            await until_set(stop, within=min(self._period_s, max(0.01, wait)))

@@ -43,6 +43,7 @@ from hw.modbus.codec import CodecError, decode_point, encode_point
 from hw.modbus.model import DataType, DeviceProfile, Point, PointValue
 from kakehashi.errors import KakehashiError
 from kakehashi.log import get_logger
+from kakehashi.waiting import next_within
 
 __all__ = [
     "ModbusBusConfig",
@@ -445,10 +446,8 @@ class ModbusBusSource:
             left = deadline - time.monotonic()
             if left <= 0 or self._next_due > deadline:
                 return
-            try:
-                async with asyncio.timeout(left):
-                    more = await queue.get()
-            except TimeoutError:
+            more = await next_within(queue, left)
+            if more is None:
                 return
             readings.extend(more)
             alarm = any(reading.priority is Priority.ALARM for reading in more)

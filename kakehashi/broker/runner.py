@@ -36,6 +36,7 @@ from kakehashi import log as khlog
 from kakehashi.broker.config import BrokerLayout, ListenerSettings, render_config, validate_listener
 from kakehashi.broker.policy import PROFILES, render_acl
 from kakehashi.errors import KakehashiError, MissingDependencyError
+from kakehashi.waiting import until_set
 
 log = khlog.get_logger(__name__)
 
@@ -393,9 +394,7 @@ async def _watch_pki(
     fingerprint = _pki_fingerprint(ca)
     last_crl_check = time.monotonic()
     while True:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(PKI_POLL_SECONDS):
-                await reload_requested.wait()
+        await until_set(reload_requested, within=PKI_POLL_SECONDS)
         requested = reload_requested.is_set()
         reload_requested.clear()
         if time.monotonic() - last_crl_check > CRL_CHECK_SECONDS:
