@@ -38,7 +38,7 @@ SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps queued downlinks for a gate
 @dataclass
 class UplinkSettings:
     window: int = 64  # publishes in flight awaiting PUBACK
-    fetch: int = 64  # messages read from the outbox at a time (bounds memory during replay)
+    fetch: int = 16  # messages read from the outbox at a time (bounds memory during replay, with the window)
     heartbeat_s: float = 30.0
     keepalive_s: int = 30
     connect_timeout_s: float = 10.0
