@@ -4,12 +4,12 @@ across broker restarts, and deduplicates by (gateway, seq) the way the agent doe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import aiomqtt
 
 from kakehashi import wire
 from kakehashi.mqtt import BrokerEndpoint, TlsIdentity, make_client
+from kakehashi.waiting import until_set
 
 
 class Collector:
@@ -75,6 +75,4 @@ class Collector:
                             self.readings += len(decoded.readings)
             except (aiomqtt.MqttError, OSError):  # broker restarting: try again shortly
                 self.subscribed.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.3):
-                        await stop.wait()
+                await until_set(stop, within=0.3)

@@ -10,7 +10,6 @@ moment. These two helpers do (``asyncio.wait_for`` does not on Python 3.11 and i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -20,8 +19,7 @@ async def until_set(*events: asyncio.Event, within: float | None = None) -> None
     """Return once any of ``events`` is set, or after ``within`` seconds; leaves no waiter behind."""
     waiters = [asyncio.ensure_future(event.wait()) for event in events]
     try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)  # a time-out is no error
     finally:
         for waiter in waiters:
             waiter.cancel()

@@ -10,7 +10,6 @@ what the bus can serve (so it polls as fast as the bus answers, round robin).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from bench.tb_support.procs import child_setup
 from bench.tb_support.tally import SequenceTally
 from kakehashi import wire
 from kakehashi.mqtt import BrokerEndpoint, TlsIdentity, make_client
+from kakehashi.waiting import until_set
 
 GATEWAY_ID = "gw-bench-vs-tb"
 SEQ_POINT = "seq"
@@ -105,9 +105,7 @@ class ReadingsCounter:
                             self._readings(str(message.topic), bytes(message.payload))
             except (aiomqtt.MqttError, OSError):
                 self.subscribed.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.3):
-                        await stop.wait()
+                await until_set(stop, within=0.3)
 
     def _readings(self, topic: str, payload: bytes) -> None:
         gateway, _channel = wire.parse_topic(topic)

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
@@ -33,6 +32,7 @@ from bench.harness import free_port
 from bench.tb_support.procs import child_setup
 from bench.tb_support.tally import SequenceTally
 from kakehashi.mqtt import BrokerEndpoint
+from kakehashi.waiting import until_set
 
 TB_VERSION = "3.8.5"
 TB_PYMODBUS = "3.9.2"
@@ -274,9 +274,7 @@ class ServerStandIn:
                         await self._handle(client, str(message.topic), message.payload)
             except (aiomqtt.MqttError, OSError):
                 self.subscribed.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.3):
-                        await stop.wait()
+                await until_set(stop, within=0.3)
 
     async def _handle(self, client: aiomqtt.Client, topic: str, payload: Any) -> None:
         try:
