@@ -62,8 +62,13 @@ def accepted(data_dir: Path) -> int:
     return int(row[0]) if row else 0
 
 
-def gateway(config: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([*KAKEHASHI, "gateway", "run", "--config", str(config)], stderr=subprocess.PIPE)
+def gateway(config: Path, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``kakehashi gateway run``; its log goes to the file ``log`` if given (read it when a test fails)."""
+    command = [*KAKEHASHI, "gateway", "run", "--config", str(config)]
+    if log is None:
+        return subprocess.Popen(command, stderr=subprocess.PIPE)
+    with log.open("ab") as err:  # the child has its own copy of the descriptor
+        return subprocess.Popen(command, stderr=err)
 
 
 async def until(predicate, seconds: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -105,32 +110,35 @@ async def test_kill_9_mid_backlog_then_restart_loses_nothing(fleet: Fleet, tmp_p
     port = free_port()
     config = write_config(tmp_path / "gateway.toml", port, fleet.gw1, rate=10_000, limit=30_000)
     data = tmp_path / "data"
-    first = gateway(config)  # broker not up yet: everything piles up in the outbox
+    # The cloud side's persistent session exists before the gateway can reach the broker, as the agent's does in a
+    # deployment: the broker keeps what arrives while the collector reconnects (else the first publishes go nowhere).
+    broker = start_broker(fleet.ca.path, tmp_path / "broker", port=port)
+    first: subprocess.Popen[bytes] | None = None
     try:
-        await until(lambda: data.joinpath("outbox.db").exists() and accepted(data) >= 8_000, 30, "a backlog")
-        broker = start_broker(fleet.ca.path, tmp_path / "broker", port=port)
-        try:
-            async with collecting(broker, fleet.agent) as collector:
-                await until(lambda: collector.readings > 0, 60, "the replay to begin")
-                first.send_signal(signal.SIGKILL)  # mid-backlog, publishes in flight
-                first.wait()
-                in_outbox = accepted(data)
-                assert collector.readings < in_outbox, "killed while a backlog was still waiting"
-                config.write_text(config.read_text().replace("limit = 30000", "limit = 500"))
-                second = gateway(config)
-                try:
-                    await until(lambda: collector.readings >= in_outbox + 500, 60, "everything after the restart")
-                    await asyncio.sleep(0.5)
-                finally:
-                    second.send_signal(signal.SIGTERM)
-                    assert second.wait(30) == 0
-                seqs = collector.seqs(GW)
-                assert sorted(seqs) == list(range(1, len(seqs) + 1)), "dense sequence numbers: nothing lost"
-                assert collector.readings == in_outbox + 500 == accepted(data), "every accepted reading, once"
-        finally:
-            broker.stop()
+        async with collecting(broker, fleet.agent) as collector:
+            broker.stop()  # the uplink is down: everything piles up in the outbox
+            first = gateway(config, tmp_path / "first.log")
+            await until(lambda: data.joinpath("outbox.db").exists() and accepted(data) >= 8_000, 30, "a backlog")
+            broker = start_broker(fleet.ca.path, tmp_path / "broker", port=port)
+            await until(lambda: collector.readings > 0, 60, "the replay to begin")
+            first.send_signal(signal.SIGKILL)  # mid-backlog, publishes in flight
+            first.wait()
+            in_outbox = accepted(data)
+            assert collector.readings < in_outbox, "killed while a backlog was still waiting"
+            config.write_text(config.read_text().replace("limit = 30000", "limit = 500"))
+            second = gateway(config, tmp_path / "second.log")
+            try:
+                await until(lambda: collector.readings >= in_outbox + 500, 60, "everything after the restart")
+                await asyncio.sleep(0.5)
+            finally:
+                second.send_signal(signal.SIGTERM)
+                assert second.wait(30) == 0
+            seqs = collector.seqs(GW)
+            assert sorted(seqs) == list(range(1, len(seqs) + 1)), "dense sequence numbers: nothing lost"
+            assert collector.readings == in_outbox + 500 == accepted(data), "every accepted reading, once"
     finally:
-        if first.poll() is None:
+        broker.stop()
+        if first is not None and first.poll() is None:
             first.kill()
             first.wait()
 

@@ -192,7 +192,16 @@ async def test_disk_budget_exhausted_during_an_outage_alarms_survive_and_gaps_ar
                     on_downlink=ignore_downlink, settings=settings)  # fmt: skip
     stop_uplink = asyncio.Event()
     alarms_sent = 0
+    # The cloud side's persistent session exists before the gateway can reach the broker (as the agent's does in a
+    # deployment); else what the uplink publishes before the collector subscribes is acknowledged and dropped.
+    broker = start_broker(fleet.ca.path, tmp_path / "broker", port=port)
+    collector = Collector(broker.endpoint, fleet.agent)
+    stop_collector = asyncio.Event()
     async with asyncio.TaskGroup() as tg:
+        collector_task = tg.create_task(collector.run(stop_collector))
+        async with asyncio.timeout(10):
+            await collector.subscribed.wait()
+        broker.stop()  # the outage
         intake_task = tg.create_task(intake.run())
         uplink_task = tg.create_task(uplink.run(stop_uplink))
         source_task = tg.create_task(telemetry.run(intake, SourceHealth("synthetic")))
@@ -205,9 +214,6 @@ async def test_disk_budget_exhausted_during_an_outage_alarms_survive_and_gaps_ar
         assert stats.dropped_readings > 0, "the budget was exhausted and telemetry thinned"
         broker = start_broker(fleet.ca.path, tmp_path / "broker", port=port)
         try:
-            collector = Collector(broker.endpoint, fleet.agent)
-            stop_collector = asyncio.Event()
-            collector_task = tg.create_task(collector.run(stop_collector))
 
             async def drained() -> bool:
                 return (await outbox.stats()).depth_messages == 0
