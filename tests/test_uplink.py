@@ -199,9 +199,11 @@ async def test_disk_budget_exhausted_during_an_outage_alarms_survive_and_gaps_ar
     stop_collector = asyncio.Event()
     async with asyncio.TaskGroup() as tg:
         collector_task = tg.create_task(collector.run(stop_collector))
-        async with asyncio.timeout(10):
-            await collector.subscribed.wait()
-        broker.stop()  # the outage
+        try:
+            async with asyncio.timeout(10):
+                await collector.subscribed.wait()
+        finally:
+            broker.stop()  # the outage (or, if the collector never subscribed, no broker left behind)
         intake_task = tg.create_task(intake.run())
         uplink_task = tg.create_task(uplink.run(stop_uplink))
         source_task = tg.create_task(telemetry.run(intake, SourceHealth("synthetic")))
